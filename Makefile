@@ -1,0 +1,37 @@
+# Bootstraps a virtualenv in .venv from nothing but python3 and pip.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test lint fuzz soak bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)            ## the live demo on the example policies (in-memory state)
+	$(VENV)/bin/policyengine demo
+
+test: $(STAMP)            ## the whole test suite
+	$(PY) -m pytest -q
+
+lint: $(STAMP)            ## ruff, mypy --strict, and the checked-in JSON Schema
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict policyengine
+	$(VENV)/bin/policyengine schema --check
+
+fuzz: $(STAMP)            ## long fuzzing and model-checking runs
+	$(PY) -m pytest -q -m fuzz -p no:cacheprovider
+
+soak: $(STAMP)            ## 1,000-reload soak under load
+	$(PY) -m pytest -q -m soak
+
+bench: $(STAMP)           ## benchmarks (ratios against asyncio floors and peers)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

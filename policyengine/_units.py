@@ -1,0 +1,127 @@
+"""Durations (``"250ms"``, ``"1m30s"``) and ratios (``0.5``, ``"50%"``) as Pydantic types.
+
+Values are stored as floats (seconds, or a ratio in [0, 1]) so the runtime never parses; they
+serialise back to the canonical string form for `explain --format toml` and the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+__all__ = ["Duration", "Ratio", "format_duration", "parse_duration", "parse_ratio"]
+
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+_PART = r"(\d+(?:\.\d+)?)(ms|us|µs|s|m|h|d)"
+_PART_RE = re.compile(_PART)
+_DURATION_RE = re.compile(rf"^(?:{_PART})+$")
+DURATION_PATTERN = rf"^(?:{_PART.replace('(', '(?:', 2)})+$"
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a duration string; a clear ValueError (with the fix) for anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"a duration is a string with a unit such as \"2s\", not {value!r}")
+    if isinstance(value, int | float):
+        hint = _number_hint(value)
+        raise ValueError(f'a duration needs a unit: write "{hint}" instead of {value!r}')
+    if not isinstance(value, str):
+        raise ValueError(f'a duration is a string with a unit such as "2s", not {value!r}')
+    text = value.strip().replace(" ", "")
+    if not _DURATION_RE.match(text):
+        raise ValueError(
+            f"{value!r} is not a duration: use a number and a unit (ms, s, m, h, d), "
+            'as in "250ms", "2s", "1m30s"'
+        )
+    return sum(float(num) * _UNITS[unit] for num, unit in _PART_RE.findall(text))
+
+
+def _number_hint(value: float) -> str:
+    if value == int(value):
+        return f"{int(value)}s"
+    if value < 1:
+        return f"{format_number(value * 1000)}ms"
+    return f"{format_number(value)}s"
+
+
+def format_number(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact string for `seconds` (``0.45`` -> ``"450ms"``, ``90`` -> ``"1m30s"``)."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        ms = seconds * 1000
+        if abs(ms - round(ms)) < 1e-9 or ms >= 1:
+            return f"{format_number(ms)}ms"
+        return f"{format_number(seconds * 1e6)}us"
+    whole = int(seconds)
+    if whole != seconds or whole < 60:
+        return f"{format_number(seconds)}s"
+    parts = []
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        n, whole = divmod(whole, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)
+
+
+def parse_ratio(value: object) -> float:
+    """A ratio in [0, 1] from a number or a percentage string (``"50%"``)."""
+    if isinstance(value, bool):
+        raise ValueError(f'a ratio is a number in [0, 1] or a percentage such as "50%", not {value}')
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.endswith("%"):
+            raise ValueError(f'{value!r} is not a ratio: write 0.5 or "50%"')
+        try:
+            ratio = float(text[:-1]) / 100.0
+        except ValueError:
+            raise ValueError(f'{value!r} is not a ratio: write 0.5 or "50%"') from None
+    elif isinstance(value, int | float):
+        ratio = float(value)
+    else:
+        raise ValueError(f'a ratio is a number in [0, 1] or a percentage such as "50%", not {value!r}')
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"a ratio must lie in [0, 1] (or 0% to 100%), got {value!r}")
+    return ratio
+
+
+def _duration_in(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _ratio_in(value: Any) -> float:
+    return parse_ratio(value)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration_in),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "description": 'A duration with a unit: "250ms", "2s", "1m30s", "1h".',
+        }
+    ),
+]
+
+Ratio = Annotated[
+    float,
+    BeforeValidator(_ratio_in),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 1},
+                {"type": "string", "pattern": r"^\d+(?:\.\d+)?%$"},
+            ],
+            "description": 'A ratio in [0, 1], or a percentage string such as "50%".',
+        }
+    ),
+]

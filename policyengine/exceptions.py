@@ -1,0 +1,145 @@
+"""Every exception policyengine raises.
+
+Hierarchy::
+
+    Exception
+    ├── PolicyEngineError                 base of all our own errors
+    │   ├── PolicyValidationError (ValueError)   a policy file is invalid; `.errors` lists all
+    │   ├── UnknownGuardError (LookupError)      no policy of that name; lists the known ones
+    │   └── RejectedError                        the guard refused the call without running it
+    │       ├── CircuitOpenError                 breaker open (`.guard`, `.retry_after`)
+    │       └── BulkheadFullError                no slot and no room (or time) to wait
+    └── TimeoutError
+        └── GuardTimeoutError (PolicyEngineError)  a total or attempt deadline of the guard passed
+
+A dependency's own exception is never wrapped: after the last attempt the original is re-raised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "GuardTimeoutError",
+    "PolicyEngineError",
+    "PolicyIssue",
+    "PolicyValidationError",
+    "RejectedError",
+    "UnknownGuardError",
+]
+
+
+class PolicyEngineError(Exception):
+    """Base class of every error raised by policyengine itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    """One problem found in a policy file.
+
+    `path` is the dotted key path (``policies.payments.retry.max_attempts``); `line` is 1-based,
+    or None when the problem belongs to no single line (a missing file, a cycle).
+    """
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        key = f" {self.path}:" if self.path else ""
+        return f"{where}:{key} {self.severity}: {self.message}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "path": self.path,
+            "message": self.message,
+            "severity": self.severity,
+        }
+
+
+class PolicyValidationError(PolicyEngineError, ValueError):
+    """A policy file (or set of files) is invalid. `.errors` lists every problem at once."""
+
+    def __init__(self, errors: list[PolicyIssue]) -> None:
+        self.errors = list(errors)
+        n = len(self.errors)
+        head = f"{n} problem{'s' if n != 1 else ''} in policy files"
+        super().__init__(head + ":\n" + "\n".join(f"  {e}" for e in self.errors))
+
+
+class UnknownGuardError(PolicyEngineError, LookupError):
+    """No policy of that name is loaded."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        listed = ", ".join(self.known) if self.known else "(none)"
+        super().__init__(f"no policy named {name!r}; known policies: {listed}")
+
+    def __str__(self) -> str:  # LookupError would repr() a single argument
+        return str(self.args[0])
+
+
+class RejectedError(PolicyEngineError):
+    """The guard refused the call without running it. Never retried.
+
+    Rejections are on the hot path of an outage, so the message is only formatted when read.
+    """
+
+    reason: str = "rejected"
+
+    def __init__(self, guard: str) -> None:
+        super().__init__(guard)
+        self.guard = guard
+
+    def __str__(self) -> str:
+        return f"guard {self.guard!r} rejected the call"
+
+
+class CircuitOpenError(RejectedError):
+    """The breaker is open (or half-open with every probe slot taken)."""
+
+    reason = "circuit_open"
+
+    def __init__(self, guard: str, retry_after: float, state: str = "open") -> None:
+        super().__init__(guard)
+        self.retry_after = retry_after if retry_after > 0.0 else 0.0
+        self.state = state
+
+    def __str__(self) -> str:
+        return f"circuit {self.guard!r} is {self.state}; retry after {self.retry_after:.3f}s"
+
+
+class BulkheadFullError(RejectedError):
+    """Every slot of the bulkhead is busy and its queue is full (or the wait ran out)."""
+
+    reason = "bulkhead_full"
+
+    def __init__(self, guard: str, max_concurrent: int, max_queue: int) -> None:
+        super().__init__(guard)
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+
+    def __str__(self) -> str:
+        return (
+            f"bulkhead {self.guard!r} is full "
+            f"({self.max_concurrent} running, queue of {self.max_queue})"
+        )
+
+
+class GuardTimeoutError(PolicyEngineError, TimeoutError):
+    """A deadline of the guard passed: `kind` is ``"total"`` or ``"attempt"``."""
+
+    def __init__(self, guard: str, kind: str, seconds: float) -> None:
+        self.guard = guard
+        self.kind = kind
+        self.seconds = seconds
+        super().__init__(f"guard {guard!r}: {kind} timeout of {seconds:g}s exceeded")
