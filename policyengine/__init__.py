@@ -1,0 +1,49 @@
+"""policyengine: declarative resilience for asyncio services.
+
+    engine = policyengine.load("policies/policies.toml", watch=True)
+    result = await guard("payments").call(charge, order)
+
+Each dependency gets a named policy (breaker, timeouts, retry, bulkhead, fallback) in a TOML
+file that is validated, compiled into guards, and reloaded live without losing breaker state.
+"""
+
+from __future__ import annotations
+
+from ._clock import Clock, MonotonicClock
+from ._default import default_engine, guard, load, loads, set_default_engine
+from ._engine import Engine
+from ._events import Event
+from ._handle import GuardHandle
+from .exceptions import (
+    BulkheadFullError,
+    CircuitOpenError,
+    GuardTimeoutError,
+    PolicyEngineError,
+    PolicyIssue,
+    PolicyValidationError,
+    RejectedError,
+    UnknownGuardError,
+)
+
+__all__ = [
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "Clock",
+    "Engine",
+    "Event",
+    "GuardHandle",
+    "GuardTimeoutError",
+    "MonotonicClock",
+    "PolicyEngineError",
+    "PolicyIssue",
+    "PolicyValidationError",
+    "RejectedError",
+    "UnknownGuardError",
+    "default_engine",
+    "guard",
+    "load",
+    "loads",
+    "set_default_engine",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,157 @@
+"""Compile validated policies into guards, carrying runtime state over from the guards in force.
+
+Compilation is done aside and has no side effects: it returns the new guards plus a list of
+`commits` (in-place updates of breakers and bulkheads shared with the old guards) that the engine
+runs only once the whole set compiled, right before it swaps the one reference. So a failed
+reload touches nothing, and a good one keeps every breaker's state:
+
+- unchanged policy: the very same Guard object (all state, all counters);
+- changed thresholds or durations: the same Breaker, reconfigured in place (state and window);
+- changed window shape: the same Breaker with a new window (open/closed state kept);
+- changed bulkhead limits: the same Bulkhead, resized in place (held permits stay counted);
+- a layer added: a new runtime for it; a layer removed: gone (metrics stay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ._breaker import Breaker
+from ._bulkhead import Bulkhead
+from ._clock import Clock
+from ._events import Event
+from ._fallback import Fallback
+from ._guard import Guard
+from ._metrics import GuardMetrics
+from ._models import Policy
+from ._retry import RetryBudget, RetryStrategy
+
+__all__ = ["CompiledSet", "compile_guards"]
+
+BreakerFactory = Callable[[str, Policy, Clock, Callable[[Event], None]], Breaker]
+
+
+@dataclass
+class CompiledSet:
+    """The outcome of compiling one PolicySet against the guards in force."""
+
+    guards: dict[str, Guard]
+    changes: dict[str, str]  # name -> "new" | "unchanged" | "kept state" | "reset state"
+    commits: list[Callable[[], None]] = field(default_factory=list)
+
+
+def _default_breaker(
+    name: str, policy: Policy, clock: Clock, emit: Callable[[Event], None]
+) -> Breaker:
+    assert policy.breaker is not None
+    return Breaker(name, policy.breaker, clock, emit, observe=policy.mode == "observe")
+
+
+def compile_guards(
+    policies: Mapping[str, Policy],
+    previous: Mapping[str, Guard],
+    clock: Clock,
+    emit: Callable[[Event], None],
+    make_breaker: BreakerFactory = _default_breaker,
+) -> CompiledSet:
+    out = CompiledSet({}, {})
+    for name, policy in policies.items():
+        old = previous.get(name)
+        if old is not None and old.policy == policy:
+            out.guards[name] = old
+            out.changes[name] = "unchanged"
+            continue
+        out.guards[name], out.changes[name] = _compile_one(
+            name, policy, old, clock, emit, make_breaker, out.commits
+        )
+    return out
+
+
+def _compile_one(
+    name: str,
+    policy: Policy,
+    old: Guard | None,
+    clock: Clock,
+    emit: Callable[[Event], None],
+    make_breaker: BreakerFactory,
+    commits: list[Callable[[], None]],
+) -> tuple[Guard, str]:
+    change = "new" if old is None else "kept state"
+    metrics = old.metrics if old is not None else GuardMetrics()
+    breaker = None
+    if policy.breaker is not None:
+        prev = old.breaker if old is not None else None
+        same_kind = (
+            prev is not None
+            and old is not None
+            and old.policy.breaker is not None
+            and old.policy.breaker.shared == policy.breaker.shared
+        )
+        if prev is not None and same_kind:
+            breaker = prev
+            commits.append(_reconfigure(prev, policy))
+        else:
+            breaker = make_breaker(name, policy, clock, _counting(emit, metrics))
+            if old is not None and old.breaker is not None:
+                change = "reset state"
+    bulkhead = None
+    if policy.bulkhead is not None:
+        opts = policy.bulkhead
+        prev_b = old.bulkhead if old is not None else None
+        if prev_b is not None and prev_b.kind == opts.kind:
+            bulkhead = prev_b
+            commits.append(
+                lambda b=prev_b: b.resize(opts.max_concurrent, opts.max_queue, opts.max_wait)
+            )
+        else:
+            bulkhead = Bulkhead(name, opts.max_concurrent, opts.max_queue, opts.max_wait, opts.kind)
+    retry = budget = None
+    if policy.retry is not None:
+        retry = RetryStrategy(policy.retry, clock)
+        if policy.retry.budget is not None:
+            same = (
+                old is not None
+                and old.policy.retry is not None
+                and old.policy.retry.budget == policy.retry.budget
+                and old._budget is not None
+            )
+            budget = old._budget if same and old is not None else None
+            budget = budget or RetryBudget(policy.retry.budget, clock)
+    fallback = Fallback(policy.fallback) if policy.fallback is not None else None
+    guard = Guard(
+        name,
+        policy,
+        clock,
+        emit,
+        metrics,
+        breaker=breaker,
+        bulkhead=bulkhead,
+        retry=retry,
+        budget=budget,
+        fallback=fallback,
+    )
+    return guard, change
+
+
+def _counting(emit: Callable[[Event], None], metrics: GuardMetrics) -> Callable[[Event], None]:
+    """The breaker's event sink: counts observe-mode rejections, then passes events on."""
+
+    def sink(event: Event) -> None:
+        if event.name == "would_reject":
+            metrics.would_reject += 1
+        emit(event)
+
+    return sink
+
+
+def _reconfigure(breaker: Breaker, policy: Policy) -> Callable[[], None]:
+    assert policy.breaker is not None
+    options = policy.breaker
+    observe = policy.mode == "observe"
+
+    def commit() -> None:
+        breaker.reconfigure(options)
+        breaker.observe = observe
+
+    return commit

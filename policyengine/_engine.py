@@ -1,0 +1,218 @@
+"""Engine: the registry of guards compiled from one set of policy files, and its reloads.
+
+The guards in force live in one dict that is replaced whole (never mutated) on reload, so a call
+sees either the old set or the new one, never a mix. Handles look their guard up by name at each
+call, so they stay valid across reloads. A reload that fails keeps everything as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ._clock import Clock, MonotonicClock
+from ._compile import compile_guards
+from ._events import Event, Listener, Listeners
+from ._guard import Guard
+from ._handle import GuardHandle
+from ._loader import PolicySet, load_path
+from ._models import StateOptions
+from .exceptions import PolicyValidationError, UnknownGuardError
+
+__all__ = ["Engine"]
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+class Engine:
+    """Guards by name, compiled from validated policies; reloadable in place."""
+
+    def __init__(
+        self,
+        policy_set: PolicySet,
+        *,
+        clock: Clock | None = None,
+        path: str | Path | None = None,
+    ) -> None:
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.path = Path(path) if path is not None else None
+        self.listeners = Listeners()
+        self._guards: dict[str, Guard] = {}
+        self._removed: dict[str, Guard] = {}
+        self._handles: dict[str, GuardHandle] = {}
+        self._lock = threading.Lock()  # serialises reloads, never taken by a call
+        self._watcher: Any = None
+        self._closed = False
+        self.reloads = 0
+        self.failed_reloads = 0
+        self._last_error: str | None = None
+        self._changes: dict[str, str] = {}
+        self._policy_set = policy_set
+        self._state_backend = self._make_state_backend(policy_set.state)
+        self.apply(policy_set, initial=True)
+
+    # ------------------------------------------------------------ look-ups
+    @property
+    def policy_set(self) -> PolicySet:
+        return self._policy_set
+
+    @property
+    def guards(self) -> Mapping[str, Guard]:
+        """The compiled guards in force (read-only view of the current snapshot)."""
+        return self._guards
+
+    def names(self) -> list[str]:
+        return sorted(self._guards)
+
+    def guard(self, name: str) -> GuardHandle:
+        """A stable handle for policy `name`; UnknownGuardError if no such policy exists."""
+        handle = self._handles.get(name)
+        if handle is None:
+            if name not in self._guards and name not in self._removed:
+                raise UnknownGuardError(name, list(self._guards))
+            handle = self._handles.setdefault(name, GuardHandle(name, self))
+        return handle
+
+    def _lookup(self, name: str) -> Guard:
+        """The guard a call uses now (hot path: one dict look-up)."""
+        try:
+            return self._guards[name]
+        except KeyError:
+            removed = self._removed.get(name)
+            if removed is not None:
+                return removed
+            raise UnknownGuardError(name, list(self._guards)) from None
+
+    # ------------------------------------------------------------ listeners
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(event)` for every event of every guard and of reloads."""
+        self.listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self.listeners.remove(listener)
+
+    def _emit(self, event: Event) -> None:
+        self.listeners(event)
+
+    # -------------------------------------------------------------- reloads
+    def _make_state_backend(self, state: StateOptions) -> Any:
+        if state.backend == "memory":
+            return None
+        from ._shared import make_backend
+
+        return make_backend(state, self.clock, self._emit)
+
+    def _breaker_factory(self) -> Callable[..., Any] | None:
+        backend = self._state_backend
+        return None if backend is None else backend.breaker_factory
+
+    def apply(self, policy_set: PolicySet, *, initial: bool = False) -> dict[str, str]:
+        """Compile `policy_set` aside and swap it in; returns what happened to each policy."""
+        with self._lock:
+            factory = self._breaker_factory()
+            kwargs = {} if factory is None else {"make_breaker": factory}
+            compiled = compile_guards(
+                policy_set.policies, self._guards, self.clock, self._emit, **kwargs
+            )
+            for commit in compiled.commits:
+                commit()
+            removed = {n: g for n, g in self._guards.items() if n not in compiled.guards}
+            for name in compiled.guards:
+                self._removed.pop(name, None)
+            self._removed.update(removed)
+            self._guards = compiled.guards  # the one swap
+            self._policy_set = policy_set
+            self._changes = dict(compiled.changes)
+            self._changes.update({n: "removed" for n in self._removed})
+            self._loaded_at = _utcnow()
+            self._last_error = None
+            if not initial:
+                self.reloads += 1
+        if not initial:
+            for name in removed:
+                self._emit(
+                    Event("policy_removed", name, {"note": "handles keep the last policy"})
+                )
+            self._emit(Event("reload", "*", {"version": policy_set.version}))
+        return compiled.changes
+
+    def reload(self) -> bool:
+        """Re-read the files this engine was loaded from. True if a new set was applied.
+
+        A file that fails to read or validate keeps the policies in force: the error goes to
+        `status()["last_error"]`, a `reload_failed` event and the log.
+        """
+        if self.path is None:
+            raise RuntimeError("this engine was not loaded from a path; use apply()")
+        try:
+            policy_set = load_path(self.path)
+        except PolicyValidationError as exc:
+            self._fail(exc)
+            return False
+        if policy_set.version == self._policy_set.version and self._last_error is None:
+            return False
+        self.apply(policy_set)
+        return True
+
+    def _fail(self, exc: PolicyValidationError) -> None:
+        with self._lock:
+            self.failed_reloads += 1
+            self._last_error = str(exc)
+        self._emit(
+            Event(
+                "reload_failed",
+                "*",
+                {"error": str(exc), "issues": [e.as_dict() for e in exc.errors]},
+            )
+        )
+
+    # --------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        """Version, load time, files, last error and what each policy kept on the last load."""
+        ps = self._policy_set
+        return {
+            "version": ps.version,
+            "loaded_at": self._loaded_at,
+            "sources": list(ps.sources),
+            "last_error": self._last_error,
+            "reloads": self.reloads,
+            "failed_reloads": self.failed_reloads,
+            "watching": self._watcher is not None and not self._closed,
+            "policies": dict(self._changes),
+            "removed": sorted(self._removed),
+            "warnings": [str(w) for w in ps.warnings],
+        }
+
+    # ------------------------------------------------------------ lifecycle
+    def watch(self, **options: Any) -> None:
+        """Start watching the source files (see `_watcher.Watcher`)."""
+        if self.path is None:
+            raise RuntimeError("only an engine loaded from a path can watch it")
+        if self._watcher is None:
+            from ._watcher import Watcher
+
+            self._watcher = Watcher(self, self.path, **options)
+            self._watcher.start()
+
+    def close(self) -> None:
+        """Stop watching and release thread pools. `status()` still answers."""
+        self._closed = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+        for guard in list(self._guards.values()) + list(self._removed.values()):
+            if guard.bulkhead is not None:
+                guard.bulkhead.close()
+        if self._state_backend is not None:
+            self._state_backend.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

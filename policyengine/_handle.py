@@ -1,0 +1,148 @@
+"""GuardHandle: the stable object `guard(name)` returns.
+
+A handle holds a name, not a guard: every use looks up the guard in force, so a decorator applied
+at import time follows every reload. A handle made by the module-level `guard()` before anything
+was loaded binds to the default engine at its first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from ._scope import AttemptScope
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from ._guard import Guard
+
+__all__ = ["GuardHandle"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_scopes: contextvars.ContextVar[tuple[AttemptScope, ...]] = contextvars.ContextVar(
+    "policyengine_scopes", default=()
+)
+
+
+def _default_engine() -> Engine:
+    from ._default import default_engine
+
+    return default_engine()
+
+
+class GuardHandle:
+    """Call through a named policy: `await h.call(fn, ...)`, `h.call_sync(fn, ...)`, `@h`,
+    `async with h:` / `with h:` (one attempt)."""
+
+    __slots__ = ("__weakref__", "_engine", "name")
+
+    def __init__(self, name: str, engine: Engine | None = None) -> None:
+        self.name = name
+        self._engine = engine
+
+    def __repr__(self) -> str:
+        return f"<GuardHandle {self.name!r} state={self.state!r}>"
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine if self._engine is not None else _default_engine()
+
+    def current(self) -> Guard:
+        """The compiled guard in force now."""
+        return self.engine._lookup(self.name)
+
+    # ------------------------------------------------------------ calling
+    def call(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]:
+        """`await handle.call(fn, *args, **kwargs)`: run `fn` through the policy."""
+        engine = self._engine if self._engine is not None else _default_engine()
+        return engine._lookup(self.name).call(fn, *args, **kwargs)
+
+    def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking `fn` through the policy in this thread (see the README on timeouts)."""
+        engine = self._engine if self._engine is not None else _default_engine()
+        return engine._lookup(self.name).call_sync(fn, *args, **kwargs)
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate an `async def` or a `def`; the policy in force is used at each call."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+                engine = self._engine if self._engine is not None else _default_engine()
+                return await engine._lookup(self.name).call(fn, *args, **kwargs)
+
+            return guarded
+
+        @functools.wraps(fn)
+        def guarded_sync(*args: P.args, **kwargs: P.kwargs) -> Any:
+            engine = self._engine if self._engine is not None else _default_engine()
+            return engine._lookup(self.name).call_sync(fn, *args, **kwargs)
+
+        return guarded_sync
+
+    # ---------------------------------------------------- one attempt scope
+    async def __aenter__(self) -> GuardHandle:
+        scope = AttemptScope(self.current())
+        await scope.enter_async(asyncio.current_task())
+        _scopes.set((*_scopes.get(), scope))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._pop().exit(exc)
+
+    def __enter__(self) -> GuardHandle:
+        scope = AttemptScope(self.current())
+        scope.enter_sync()
+        _scopes.set((*_scopes.get(), scope))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._pop().exit(exc)
+
+    def _pop(self) -> AttemptScope:
+        stack = _scopes.get()
+        _scopes.set(stack[:-1])
+        return stack[-1]
+
+    # -------------------------------------------------------------- reading
+    @property
+    def state(self) -> str:
+        """ "closed" | "open" | "half_open" | "forced_open" | "disabled"."""
+        return self.current().state
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters since the guard was created (kept across reloads) and the state."""
+        guard = self.current()
+        out = guard.metrics.snapshot()
+        out["queued"] = guard.bulkhead.queued if guard.bulkhead is not None else 0
+        out["state"] = guard.state
+        if guard.breaker is not None:
+            out["breaker_failure_rate"] = guard.breaker.failure_rate
+        return out
