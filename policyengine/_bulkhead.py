@@ -20,6 +20,8 @@ from .exceptions import BulkheadFullError
 
 __all__ = ["Bulkhead"]
 
+_running_loop = asyncio._get_running_loop
+
 _WAITING, _GRANTED, _GONE = 0, 1, 2
 
 
@@ -38,8 +40,11 @@ class _Waiter:
         """Called with the bulkhead lock held, after `state` became _GRANTED."""
         if self.event is not None:
             self.event.set()
-        elif self.loop is not None and self.future is not None:
-            self.loop.call_soon_threadsafe(_resolve, self.future)
+        elif self.future is not None and self.loop is not None:
+            if _running_loop() is self.loop:
+                _resolve(self.future)  # same loop: no self-pipe wake-up needed
+            else:
+                self.loop.call_soon_threadsafe(_resolve, self.future)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -135,9 +140,12 @@ class Bulkhead:
             return self.max_wait
         return min(self.max_wait, remaining)
 
-    async def acquire(self, remaining: float | None = None) -> None:
-        """Wait for a slot for at most min(max_wait, remaining) seconds of real time."""
-        if self.try_acquire():
+    async def acquire(self, remaining: float | None = None, *, tried: bool = False) -> None:
+        """Wait for a slot for at most min(max_wait, remaining) seconds of real time.
+
+        `tried`: the caller just failed `try_acquire`, so go straight to the queue.
+        """
+        if not tried and self.try_acquire():
             return
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), loop)

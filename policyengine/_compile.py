@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
-from ._events import Event
+from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
 from ._metrics import GuardMetrics
@@ -52,7 +52,7 @@ def compile_guards(
     policies: Mapping[str, Policy],
     previous: Mapping[str, Guard],
     clock: Clock,
-    emit: Callable[[Event], None],
+    emit: Listeners,
     make_breaker: BreakerFactory = _default_breaker,
 ) -> CompiledSet:
     out = CompiledSet({}, {})
@@ -73,7 +73,7 @@ def _compile_one(
     policy: Policy,
     old: Guard | None,
     clock: Clock,
-    emit: Callable[[Event], None],
+    emit: Listeners,
     make_breaker: BreakerFactory,
     commits: list[Callable[[], None]],
 ) -> tuple[Guard, str]:

@@ -39,7 +39,10 @@ def load(
     Raises PolicyValidationError listing every problem. Becomes the default engine for
     `guard()` unless `default=False`. `watch_options` go to the watcher (e.g. `force_polling`).
     """
-    engine = Engine(load_path(path, **({"strict": True} if strict else {})), clock=clock, path=Path(path))
+    engine = Engine(
+        load_path(path, **({"strict": True} if strict else {})), clock=clock, path=Path(path)
+    )
+    engine.strict = strict
     if watch:
         engine.watch(**watch_options)
     if default:

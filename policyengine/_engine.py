@@ -117,7 +117,7 @@ class Engine:
             factory = self._breaker_factory()
             kwargs = {} if factory is None else {"make_breaker": factory}
             compiled = compile_guards(
-                policy_set.policies, self._guards, self.clock, self._emit, **kwargs
+                policy_set.policies, self._guards, self.clock, self.listeners, **kwargs
             )
             for commit in compiled.commits:
                 commit()

@@ -48,23 +48,34 @@ def log_listener(event: Event) -> None:
         event.name,
         event.guard,
         details,
-        extra={"guard": event.guard, "event": event.name, **{f"pe_{k}": v for k, v in event.data.items()}},
+        extra={
+            "guard": event.guard,
+            "event": event.name,
+            **{f"pe_{k}": v for k, v in event.data.items()},
+        },
     )
 
 
 class Listeners:
-    """A list of listeners; a listener that raises is logged and never breaks a call."""
+    """A list of listeners; a listener that raises is logged and never breaks a call.
 
-    __slots__ = ("_items",)
+    `hot` is False while only the default log listener is installed: guards then skip building
+    events for rejections, which the log listener ignores anyway.
+    """
+
+    __slots__ = ("_items", "hot")
 
     def __init__(self) -> None:
         self._items: tuple[Listener, ...] = (log_listener,)
+        self.hot = False
 
     def add(self, listener: Listener) -> None:
         self._items = (*self._items, listener)
+        self.hot = True
 
     def remove(self, listener: Listener) -> None:
         self._items = tuple(x for x in self._items if x is not listener)
+        self.hot = any(x is not log_listener for x in self._items)
 
     def __call__(self, event: Event) -> None:
         for listener in self._items:

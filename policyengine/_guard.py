@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._events import Event
-from ._timeout import AttemptTimer
+from ._timeout import Deadline, DeadlineQueue
 from .exceptions import BulkheadFullError, CircuitOpenError, GuardTimeoutError, RejectedError
 
 if TYPE_CHECKING:
     from ._breaker import Breaker
     from ._bulkhead import Bulkhead
     from ._clock import Clock
+    from ._events import Listeners
     from ._fallback import Fallback
     from ._metrics import GuardMetrics
     from ._models import Policy
@@ -47,7 +49,10 @@ class Guard:
         "_budget",
         "_clock",
         "_emit",
+        "_first",
+        "_queue",
         "_retryable",
+        "_threaded",
         "_total",
         "breaker",
         "bulkhead",
@@ -65,7 +70,7 @@ class Guard:
         name: str,
         policy: Policy,
         clock: Clock,
-        emit: Callable[[Event], None],
+        emit: Listeners,
         metrics: GuardMetrics,
         *,
         breaker: Breaker | None = None,
@@ -90,6 +95,17 @@ class Guard:
         timeout = policy.timeout
         self._total = timeout.total if timeout is not None else None
         self._attempt = timeout.attempt if timeout is not None else None
+        self._threaded = bulkhead is not None and bulkhead.kind == "threads"
+        self._queue: DeadlineQueue | None = None
+        # What `call` runs, chosen once: no mode or fallback test per call.
+        if self.mode == "disabled":
+            self._first = self._passthrough
+        elif self.mode == "observe":
+            self._first = self._observe
+        elif fallback is not None:
+            self._first = self._run_with_fallback
+        else:
+            self._first = self._run
 
     # ----------------------------------------------------------------- state
     @property
@@ -99,50 +115,89 @@ class Guard:
         return self.breaker.state if self.breaker is not None else "closed"
 
     # ------------------------------------------------------------ async call
-    async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Run `fn(*args, **kwargs)` through every layer of the policy."""
-        if self.mode != "enforce":
-            if self.mode == "disabled":
-                return await fn(*args, **kwargs)
-            from ._observe import observe_call
+    def call(
+        self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, T]:
+        """`await guard.call(fn, ...)`: run `fn(*args, **kwargs)` through every layer."""
+        return self._first(fn, args, kwargs)
 
-            return await observe_call(self, fn, args, kwargs)
-        if self.fallback is None:
-            return await self._run(fn, args, kwargs)
+    async def _passthrough(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    async def _observe(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        from ._observe import observe_call
+
+        return await observe_call(self, fn, args, kwargs)
+
+    async def _run_with_fallback(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         try:
             return await self._run(fn, args, kwargs)
         except Exception as exc:
-            if self.fallback.kind_of(exc, self._retryable) is None:
+            fallback = self.fallback
+            if fallback is None or fallback.kind_of(exc, self._retryable) is None:
                 raise
             self.metrics.fallbacks += 1
             self._emit(Event("fallback", self.name, {"error": type(exc).__name__}))
-            result: T = await self.fallback.produce(exc)
-            return result
+            return await fallback.produce(exc)
+
+    def _deadline(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
+    ) -> Deadline:
+        queue = self._queue
+        if queue is None or queue.loop is not loop:
+            queue = self._queue = DeadlineQueue(loop)
+        return queue.add(task, when)
 
     async def _run(
-        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> T:
-        loop = _get_loop()
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         m = self.metrics
+        breaker = self.breaker
+        permit = 0
+        if breaker is not None:
+            permit = breaker._closed_permit  # closed: the permit, with no call at all
+            if permit < 0:
+                try:
+                    permit = breaker.acquire()
+                except CircuitOpenError:  # an outage's hot path: count and leave
+                    with m.lock:
+                        m.calls += 1
+                        m.circuit_open += 1
+                    if self._emit.hot:
+                        self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+                    raise
+        loop = _get_loop()
         with m.lock:
             m.calls += 1
             m.in_flight += 1
         t0 = loop.time()
-        deadline = t0 + self._total if self._total is not None else None
+        total = self._total
+        deadline = t0 + total if total is not None else None
         if self._budget is not None:
             self._budget.record_call()
-        breaker, bulkhead, per_attempt = self.breaker, self.bulkhead, self._attempt
-        threaded = bulkhead is not None and bulkhead.kind == "threads"
+        bulkhead, per_attempt = self.bulkhead, self._attempt
+        threaded = self._threaded
+        timed = breaker is not None and breaker.timed
         outcome = -1
         n = 0
         previous = 0.0
         try:
             while True:
                 n += 1
-                permit = self._admit(breaker)
+                if n > 1 and breaker is not None:
+                    permit = self._admit(breaker)
                 if bulkhead is not None and not bulkhead.try_acquire():
                     try:
-                        await self._queue(bulkhead, loop, deadline)
+                        await self._queue_for(bulkhead, loop, deadline)
                     except BaseException:
                         if breaker is not None:
                             breaker.on_release(permit)
@@ -152,9 +207,10 @@ class Guard:
                     attempt_end = loop.time() + per_attempt
                     if when is None or attempt_end < when:
                         when = attempt_end
-                task = _current_task() if when is not None else None
-                timer = AttemptTimer(loop, when, task) if task is not None and when else None
-                started = self._clock.now() if breaker is not None and breaker.timed else 0.0
+                timer = None
+                if when is not None:
+                    timer = self._deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
+                started = self._clock.now() if timed else 0.0
                 try:
                     if threaded:
                         result = await self._in_thread(bulkhead, loop, fn, args, kwargs)  # type: ignore[arg-type]
@@ -163,35 +219,33 @@ class Guard:
                 except BaseException as exc:
                     if bulkhead is not None and not threaded:
                         bulkhead.release()
-                    error = exc
+                    error: BaseException = exc
                     if timer is not None and isinstance(exc, asyncio.CancelledError):
                         if not timer.expired():
                             if breaker is not None:
                                 breaker.on_release(permit)
                             raise
-                        kind = "total" if when == deadline else "attempt"
-                        error = GuardTimeoutError(self.name, kind, self._total if kind == "total" else per_attempt or 0.0)  # type: ignore[arg-type]
-                        m.timeouts += 1
-                        self._emit(Event("timeout", self.name, {"kind": kind, "attempt": n}))
-                    elif not isinstance(exc, Exception):
+                        error = self._timed_out(when == deadline, n)
+                    elif timer is not None:
+                        timer.disarm()
+                    if not isinstance(error, Exception):
                         if breaker is not None:
                             breaker.on_release(permit)
                         raise
                     if breaker is not None:
-                        breaker.on_failure(permit, error, self._clock.now() - started)
+                        breaker.on_failure(permit, error, self._clock.now() - started if timed else 0.0)
                     previous = await self._before_retry(error, n, previous, loop, deadline)
-                    if error is not exc:
-                        if previous < 0:
-                            raise error from None
-                    elif previous < 0:
-                        raise
+                    if previous < 0:
+                        if error is exc:
+                            raise
+                        raise error from None
                     continue
                 if timer is not None:
                     timer.disarm()
                 if bulkhead is not None and not threaded:
                     bulkhead.release()
                 if breaker is not None:
-                    breaker.on_success(permit, self._clock.now() - started)
+                    breaker.on_success(permit, self._clock.now() - started if timed else 0.0)
                 outcome = 1
                 return result
         except BaseException as exc:
@@ -201,6 +255,13 @@ class Guard:
         finally:
             m.finish(outcome, loop.time() - t0)
 
+    def _timed_out(self, total: bool, n: int) -> GuardTimeoutError:
+        kind = "total" if total else "attempt"
+        seconds = (self._total if total else self._attempt) or 0.0
+        self.metrics.timeouts += 1
+        self._emit(Event("timeout", self.name, {"kind": kind, "attempt": n}))
+        return GuardTimeoutError(self.name, kind, seconds)
+
     def _admit(self, breaker: Breaker | None) -> int:
         if breaker is None:
             return 0
@@ -208,21 +269,23 @@ class Guard:
             return breaker.acquire()
         except CircuitOpenError:
             self.metrics.circuit_open += 1
-            self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+            if self._emit.hot:
+                self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
             raise
 
-    async def _queue(
+    async def _queue_for(
         self, bulkhead: Bulkhead, loop: asyncio.AbstractEventLoop, deadline: float | None
     ) -> None:
         remaining = None if deadline is None else deadline - loop.time()
         try:
-            await bulkhead.acquire(remaining)
+            await bulkhead.acquire(remaining, tried=True)
         except BulkheadFullError:
             if deadline is not None and loop.time() >= deadline:
                 self.metrics.timeouts += 1
                 raise GuardTimeoutError(self.name, "total", self._total or 0.0) from None
             self.metrics.bulkhead_full += 1
-            self._emit(Event("rejected", self.name, {"reason": "bulkhead_full"}))
+            if self._emit.hot:
+                self._emit(Event("rejected", self.name, {"reason": "bulkhead_full"}))
             raise
 
     async def _in_thread(
@@ -252,7 +315,9 @@ class Guard:
         deadline: float | None,
     ) -> float:
         """Sleep before the next attempt and return the delay slept, or -1.0 to stop."""
-        wait = self._retry_wait(exc, n, previous, None if deadline is None else deadline - loop.time())
+        wait = self._retry_wait(
+            exc, n, previous, None if deadline is None else deadline - loop.time()
+        )
         if wait < 0:
             return wait
         await self._clock.sleep(wait)
@@ -285,13 +350,15 @@ class Guard:
             self._emit(Event("budget_exhausted", self.name, {"attempt": n}))
             return -1.0
         self.metrics.retries += 1
-        self._emit(Event("retry", self.name, {"attempt": n, "delay": wait, "error": type(exc).__name__}))
+        self._emit(
+            Event("retry", self.name, {"attempt": n, "delay": wait, "error": type(exc).__name__})
+        )
         return wait
 
     # ------------------------------------------------------------- sync call
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking `fn` in this thread through the policy (see `_sync`)."""
-        from ._sync import call_sync
+        return _call_sync(self, fn, args, kwargs)
 
-        return call_sync(self, fn, args, kwargs)
 
+from ._sync import call_sync as _call_sync  # noqa: E402  (needs Guard defined)

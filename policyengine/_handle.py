@@ -64,7 +64,7 @@ class GuardHandle:
     ) -> Coroutine[Any, Any, T]:
         """`await handle.call(fn, *args, **kwargs)`: run `fn` through the policy."""
         engine = self._engine if self._engine is not None else _default_engine()
-        return engine._lookup(self.name).call(fn, *args, **kwargs)
+        return engine._lookup(self.name)._first(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking `fn` through the policy in this thread (see the README on timeouts)."""
@@ -86,7 +86,7 @@ class GuardHandle:
             @functools.wraps(fn)
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
                 engine = self._engine if self._engine is not None else _default_engine()
-                return await engine._lookup(self.name).call(fn, *args, **kwargs)
+                return await engine._lookup(self.name)._first(fn, args, kwargs)
 
             return guarded
 

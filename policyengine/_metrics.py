@@ -84,7 +84,9 @@ class GuardMetrics:
             return None
         rank = q * total
         seen = 0
-        for bound, count in zip((*DURATION_BUCKETS, float("inf")), self.duration_buckets, strict=True):
+        for bound, count in zip(
+            (*DURATION_BUCKETS, float("inf")), self.duration_buckets, strict=True
+        ):
             seen += count
             if seen >= rank:
                 return bound

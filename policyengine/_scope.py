@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ._timeout import AttemptTimer
+from ._timeout import Deadline
 from .exceptions import GuardTimeoutError
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ class AttemptScope:
         self._guard = guard
         self._permit = 0
         self._bulkhead = False
-        self._timer: AttemptTimer | None = None
+        self._timer: Deadline | None = None
         limits = [x for x in (guard._total, guard._attempt) if x is not None]
         self._limit = min(limits) if limits else None
         self._started = 0.0
@@ -62,14 +62,14 @@ class AttemptScope:
         bulkhead = guard.bulkhead
         if bulkhead is not None and guard.mode == "enforce" and not bulkhead.try_acquire():
             try:
-                await guard._queue(bulkhead, asyncio.get_running_loop(), None)
+                await guard._queue_for(bulkhead, asyncio.get_running_loop(), None)
             except BaseException:
                 self._unwind_admit()
                 raise
         self._bulkhead = bulkhead is not None and guard.mode == "enforce"
         if self._limit is not None and task is not None and guard.mode == "enforce":
             loop = asyncio.get_running_loop()
-            self._timer = AttemptTimer(loop, loop.time() + self._limit, task)
+            self._timer = Deadline.at(loop, task, loop.time() + self._limit)
 
     def enter_sync(self) -> None:
         if not self._admit():

@@ -27,7 +27,9 @@ __all__ = ["call_sync"]
 T = TypeVar("T")
 
 
-def call_sync(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+def call_sync(
+    guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
     if guard.mode == "disabled":
         return fn(*args, **kwargs)
     if guard.mode == "observe":

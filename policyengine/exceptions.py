@@ -110,7 +110,9 @@ class CircuitOpenError(RejectedError):
     reason = "circuit_open"
 
     def __init__(self, guard: str, retry_after: float, state: str = "open") -> None:
-        super().__init__(guard)
+        # No super().__init__ chain: this is raised on every call of an outage. BaseException
+        # already stores the arguments in `args`.
+        self.guard = guard
         self.retry_after = retry_after if retry_after > 0.0 else 0.0
         self.state = state
 
