@@ -12,7 +12,7 @@ from __future__ import annotations
 from ._clock import Clock, MonotonicClock
 from ._default import default_engine, guard, load, loads, set_default_engine
 from ._engine import Engine
-from ._events import Event
+from ._events import Event, log_listener
 from ._handle import GuardHandle
 from .exceptions import (
     BulkheadFullError,
@@ -43,6 +43,7 @@ __all__ = [
     "guard",
     "load",
     "loads",
+    "log_listener",
     "set_default_engine",
 ]
 

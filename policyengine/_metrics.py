@@ -118,7 +118,9 @@ class GuardMetrics:
                 },
                 "duration": {
                     "sum": self.duration_sum,
-                    "buckets": list(zip(DURATION_BUCKETS, self.duration_buckets, strict=False)),
+                    "buckets": list(
+                        zip((*DURATION_BUCKETS, float("inf")), self.duration_buckets, strict=True)
+                    ),
                     "count": sum(self.duration_buckets),
                 },
             }
