@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import policyengine  # noqa: E402
-from policyengine import CircuitOpenError  # noqa: E402
+import policyengine
+from policyengine import CircuitOpenError
 
 FULL = """
 [policies.full]
@@ -250,10 +250,14 @@ async def main(quick: bool) -> None:
         print(f"{name:40} {us:9.2f} {us / floor:14.2f}")
     full = rows["policyengine full guard"]
     if "pyresilience retry+breaker+timeout" in rows:
-        print(f"\npyresilience / full guard: {rows['pyresilience retry+breaker+timeout'] / full:.2f}x")
+        print(
+            f"\npyresilience / full guard: {rows['pyresilience retry+breaker+timeout'] / full:.2f}x"
+        )
     raise_us, reject_us = await rejection_us(engine, n, repeats)
-    print(f"raise+catch {raise_us:.2f} us; open rejection {reject_us:.2f} us; "
-          f"ratio {reject_us / raise_us:.2f}")
+    print(
+        f"raise+catch {raise_us:.2f} us; open rejection {reject_us:.2f} us; "
+        f"ratio {reject_us / raise_us:.2f}"
+    )
 
     tasks, each = (1000, 5) if quick else (10000, 10)
     sem = asyncio.Semaphore(100)

@@ -14,6 +14,7 @@ reload touches nothing, and a good one keeps every breaker's state:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -102,7 +103,7 @@ def _compile_one(
         if prev_b is not None and prev_b.kind == opts.kind:
             bulkhead = prev_b
             commits.append(
-                lambda b=prev_b: b.resize(opts.max_concurrent, opts.max_queue, opts.max_wait)
+                functools.partial(prev_b.resize, opts.max_concurrent, opts.max_queue, opts.max_wait)
             )
         else:
             bulkhead = Bulkhead(name, opts.max_concurrent, opts.max_queue, opts.max_wait, opts.kind)

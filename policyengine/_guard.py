@@ -233,7 +233,8 @@ class Guard:
                             breaker.on_release(permit)
                         raise
                     if breaker is not None:
-                        breaker.on_failure(permit, error, self._clock.now() - started if timed else 0.0)
+                        elapsed = self._clock.now() - started if timed else 0.0
+                        breaker.on_failure(permit, error, elapsed)
                     previous = await self._before_retry(error, n, previous, loop, deadline)
                     if previous < 0:
                         if error is exc:
@@ -337,10 +338,13 @@ class Guard:
             exc.add_note(f"policyengine: not retried, the total deadline of {self.name!r} is near")
             return -1.0
         breaker = self.breaker
-        if breaker is not None and breaker.state in ("open", "forced_open"):
-            if breaker.retry_after() > wait:
-                exc.add_note(f"policyengine: not retried, the circuit {self.name!r} is open")
-                return -1.0
+        if (
+            breaker is not None
+            and breaker.state in ("open", "forced_open")
+            and breaker.retry_after() > wait
+        ):
+            exc.add_note(f"policyengine: not retried, the circuit {self.name!r} is open")
+            return -1.0
         budget = self._budget
         if budget is not None and not budget.try_acquire_retry():
             from ._retry import add_budget_note

@@ -76,9 +76,9 @@ async def test_the_original_exception_is_reraised_after_the_last_attempt(
 
 
 async def test_never_retry_wins_over_retry_on(make_engine: MakeEngine) -> None:
-    g = make_engine(
-        RETRY + 'retry_on = ["Exception"]\nnever_retry = ["PermissionError"]\n'
-    ).guard("api")
+    g = make_engine(RETRY + 'retry_on = ["Exception"]\nnever_retry = ["PermissionError"]\n').guard(
+        "api"
+    )
     flaky = Flaky(5, PermissionError)
     with pytest.raises(PermissionError):
         await g.call(flaky)
@@ -260,7 +260,7 @@ async def test_bulkhead_queues_then_rejects_and_rejections_are_not_retried(
 
 async def test_bulkhead_wait_is_bounded_by_max_wait(make_engine: MakeEngine) -> None:
     g = make_engine(
-        "[policies.api.bulkhead]\nmax_concurrent = 1\nmax_queue = 5\nmax_wait = \"10ms\"\n"
+        '[policies.api.bulkhead]\nmax_concurrent = 1\nmax_queue = 5\nmax_wait = "10ms"\n'
     ).guard("api")
     gate = asyncio.Event()
     first = asyncio.create_task(g.call(gate.wait))
@@ -322,8 +322,9 @@ async def test_observe_mode_never_rejects_but_reports_what_it_would_do(
     make_engine: MakeEngine,
 ) -> None:
     g = make_engine(
-        BREAKER.replace("[policies.api.retry]", '[policies.api]\nmode = "observe"\n'
-                        "[policies.api.retry]")
+        BREAKER.replace(
+            "[policies.api.retry]", '[policies.api]\nmode = "observe"\n[policies.api.retry]'
+        )
     ).guard("api")
     flaky = Flaky(3)
     for _ in range(3):
@@ -373,9 +374,7 @@ async def test_unknown_guard_names_the_known_ones(make_engine: MakeEngine) -> No
 
 
 async def test_async_with_is_one_attempt(make_engine: MakeEngine) -> None:
-    engine = make_engine(
-        FULL.replace('attempt = "2s"', 'attempt = "10ms"') + "\n"
-    )
+    engine = make_engine(FULL.replace('attempt = "2s"', 'attempt = "10ms"') + "\n")
     g = engine.guard("api")
     async with g:
         pass
