@@ -1,13 +1,36 @@
 """Events a guard or engine emits to listeners, and the logging listener installed by default.
 
 Event names: ``state_change``, ``rejected``, ``retry``, ``timeout``, ``fallback``,
-``budget_exhausted``, ``would_reject`` and ``would_retry`` (observe mode), ``reload``,
-``reload_failed``, ``policy_removed``.
+``budget_exhausted``, ``would_reject``, ``would_retry`` and ``would_timeout`` (observe mode),
+``reload``, ``reload_failed``, ``policy_removed``.
+
+`log_listener` logs to the ``policyengine`` logger:
+
+==================  =========  ==========================================================
+``state_change``    WARNING    to ``open`` or ``forced_open``; INFO to ``half_open`` or
+                               ``closed``
+``reload``          INFO       a new set of policies is in force
+``reload_failed``   ERROR      a bad edit was rejected; the policies in force are kept
+``policy_removed``  WARNING    handles still using it keep its last version
+per-call events     DEBUG      ``rejected``, ``retry``, ``timeout``, ``fallback``,
+                               ``budget_exhausted``, ``would_*``: never above DEBUG, so a
+                               storm of calls cannot flood the log (guards build
+                               rejection events only when another listener is added)
+other events        INFO       (WARNING when the name says ``error``, ``failed`` or
+                               ``degraded``)
+==================  =========  ==========================================================
+
+A successful call logs nothing at any level. Every record carries structured fields (read them
+with ``record.guard`` etc. or a JSON formatter): ``guard`` (the policy name, ``"*"`` for the
+engine), ``event``, ``reason`` (why, or None), ``event_data`` (the event's whole data), and for
+``state_change`` ``state`` and ``previous_state``, for ``reload`` ``version``, for
+``reload_failed`` ``error`` and ``issues`` (file, line, path, message of each problem).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,30 +51,107 @@ class Event:
 
 Listener = Callable[[Event], None]
 
+_PER_CALL = frozenset(
+    {
+        "rejected",
+        "retry",
+        "timeout",
+        "fallback",
+        "budget_exhausted",
+        "would_reject",
+        "would_retry",
+        "would_timeout",
+    }
+)
 _LEVELS = {
-    "state_change": logging.WARNING,
     "reload": logging.INFO,
     "reload_failed": logging.ERROR,
     "policy_removed": logging.WARNING,
 }
 
 
+def _level(event: Event) -> int:
+    name = event.name
+    if name in _PER_CALL:
+        return logging.DEBUG
+    if name == "state_change":
+        to = event.data.get("to")
+        return logging.WARNING if to in ("open", "forced_open") else logging.INFO
+    level = _LEVELS.get(name)
+    if level is not None:
+        return level
+    if any(word in name for word in ("error", "failed", "degraded")):
+        return logging.WARNING
+    return logging.INFO
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+        return str(seconds)
+    from ._units import format_duration
+
+    return format_duration(round(float(seconds), 3))
+
+
+def _message(event: Event) -> tuple[str, tuple[object, ...], dict[str, Any]]:
+    """The format, its arguments and the event-specific `extra` fields."""
+    d, g = event.data, event.guard
+    name = event.name
+    if name == "state_change":
+        to, before = d.get("to"), d.get("from")
+        fmt = "guard %r: breaker %s -> %s (%s)"
+        args: tuple[object, ...] = (g, before, to, d.get("reason"))
+        if isinstance(d.get("open_for"), int | float):
+            fmt += ", open for %s"
+            args += (_duration(d["open_for"]),)
+        return fmt, args, {"state": to, "previous_state": before}
+    if name == "reload":
+        return "policies reloaded: version %s", (d.get("version"),), {"version": d.get("version")}
+    if name == "reload_failed":
+        extra = {"error": d.get("error"), "issues": d.get("issues", [])}
+        return (
+            "policy reload rejected, the policies in force are kept: %s",
+            (d.get("error"),),
+            extra,
+        )
+    if name == "policy_removed":
+        return (
+            "policy %r removed by a reload; handles still using it keep its last version",
+            (g,),
+            {},
+        )
+    if name == "retry":
+        return (
+            "guard %r: retry %s after %s, waiting %s",
+            (g, d.get("attempt"), d.get("error"), _duration(d.get("delay", 0.0))),
+            {},
+        )
+    details = " ".join(f"{k}={v}" for k, v in d.items())
+    return "guard %r: %s %s", (g, name, details), {}
+
+
 def log_listener(event: Event) -> None:
-    """Log state changes and reloads (never one line per call)."""
-    level = _LEVELS.get(event.name)
-    if level is None or not logger.isEnabledFor(level):
+    """Log state changes and reloads; per-call events at DEBUG only; never a successful call."""
+    level = _level(event)
+    if not logger.isEnabledFor(level):
         return
-    details = " ".join(f"{k}={v}" for k, v in event.data.items())
+    fmt, args, extra = _message(event)
+    data = event.data
+    reason = data.get("reason")
+    if reason is None and event.name == "reload_failed":
+        reason = "invalid_policy"
+    elif reason is None:
+        reason = data.get("error")
     logger.log(
         level,
-        "%s %s %s",
-        event.name,
-        event.guard,
-        details,
+        fmt,
+        *args,
         extra={
             "guard": event.guard,
             "event": event.name,
-            **{f"pe_{k}": v for k, v in event.data.items()},
+            "reason": reason,
+            "event_data": dict(data),
+            **extra,
         },
     )
 

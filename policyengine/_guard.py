@@ -172,6 +172,7 @@ class Guard:
                     with m.lock:
                         m.calls += 1
                         m.circuit_open += 1
+                        m.ignored += 1  # neither success nor failure, as every rejection
                     if self._emit.hot:
                         self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
                     raise

@@ -42,9 +42,9 @@ def test_demo_policies_validate_without_warnings() -> None:
     assert text.startswith("#:schema ../schema/policies.schema.json\n")
     engine = policyengine.load(POLICIES, default=False)
     try:
-        assert engine.names() == ["inventory", "payments", "search"]
+        assert engine.names() == ["catalog", "checkout", "stock"]
         assert engine.status()["warnings"] == []
-        breaker = engine.guard("payments").current().policy.breaker
+        breaker = engine.guard("checkout").current().policy.breaker
         assert breaker is not None and breaker.open_duration <= 1.0
     finally:
         engine.close()
@@ -80,13 +80,13 @@ def test_plain_view_prints_a_row_per_guard_each_second() -> None:
 
     out = io.StringIO()
     view = PlainView(out)
-    rows = [Row("payments", "enforce", "closed", calls_per_s=40.0, ok_rate=1.0)]
+    rows = [Row("checkout", "enforce", "closed", calls_per_s=40.0, ok_rate=1.0)]
     for i in range(1, 13):
         frame = Frame(i * 0.25, 0, 4, "healthy", "", "demo.toml", "abc")
         view.update(rows, [], frame)
     lines = out.getvalue().splitlines()
     assert "loaded demo.toml version abc" in lines[0]
-    assert sum("guard payments" in line for line in lines) == 3
+    assert sum("guard checkout" in line for line in lines) == 3
 
 
 def test_bad_arguments_and_missing_file(tmp_path: Path) -> None:
@@ -109,17 +109,17 @@ def test_five_second_run_shows_a_trip_and_a_recovery(demo_file: Path) -> None:
     assert time.monotonic() - started < 10
     out = proc.stdout
     assert "Traceback" not in proc.stderr
-    trip = re.search(r"state payments: closed -> open", out)
+    trip = re.search(r"state checkout: closed -> open", out)
     assert trip, out
-    recovery = re.search(r"state payments: half_open -> closed", out[trip.end() :])
+    recovery = re.search(r"state checkout: half_open -> closed", out[trip.end() :])
     assert recovery, out
     for phase in ("healthy", "slow", "outage", "recovery"):
         assert f"phase {phase}:" in out
-    for name in ("payments", "inventory", "search"):
+    for name in ("checkout", "stock", "catalog"):
         assert len(re.findall(rf"guard {name} ", out)) >= 4  # a line a second per guard
-    assert re.search(r"guard payments .*fallbacks/s=[1-9]", out), out
-    assert re.search(r"guard inventory .*rejected/s=full [1-9]", out), out
-    assert re.search(r"summary payments: .*trips=[1-9]\d* recoveries=[1-9]", out), out
+    assert re.search(r"guard checkout .*fallbacks/s=[1-9]", out), out
+    assert re.search(r"guard stock .*rejected/s=full [1-9]", out), out
+    assert re.search(r"summary checkout: .*trips=[1-9]\d* recoveries=[1-9]", out), out
 
 
 class _Lines:
@@ -173,7 +173,7 @@ def test_edits_during_a_run_are_applied_or_rejected_live(demo_file: Path) -> Non
     try:
         lines = _Lines(proc)
         first = lines.wait_for(r"loaded .* version (\w+)").group(1)
-        lines.wait_for(r"guard payments ")
+        lines.wait_for(r"guard checkout ")
         text = demo_file.read_text()
         good = text.replace(
             'half_open_max_wait = "1s"\n', 'half_open_max_wait = "1s"\nforce = "open"\n'
@@ -183,20 +183,20 @@ def test_edits_during_a_run_are_applied_or_rejected_live(demo_file: Path) -> Non
         mark = len(lines.seen)
         demo_file.write_text(good)
         second = lines.wait_for(r"reload: applied version (\w+) \((.*)\)", mark)
-        assert second.group(1) != first and "payments" in second.group(2)
-        lines.wait_for(r"state payments: \w+ -> forced_open \(forced\)", mark)
-        lines.wait_for(r"guard inventory .*bulkhead=\d/2", mark)
+        assert second.group(1) != first and "checkout" in second.group(2)
+        lines.wait_for(r"state checkout: \w+ -> forced_open \(forced\)", mark)
+        lines.wait_for(r"guard stock .*bulkhead=\d/2", mark)
 
         mark = len(lines.seen)
         demo_file.write_text(good.replace('open_duration = "1s"', "open_duration = 1"))
         rejected = lines.wait_for(r"reload: edit rejected, version (\w+) keeps serving: (.*)", mark)
         assert rejected.group(1) == second.group(1)
         assert "open_duration" in rejected.group(2) and '"1s"' in rejected.group(2)
-        # The old (good) policy keeps serving: calls go on, payments stays forced open and
+        # The old (good) policy keeps serving: calls go on, checkout stays forced open and
         # its fallback answers.
         mark = len(lines.seen)
-        lines.wait_for(r"guard payments +state=forced_open +calls/s=[1-9].*fallbacks/s=[1-9]", mark)
-        lines.wait_for(r"guard search +state=\S+ \(observe\) +calls/s=[1-9]", mark)
+        lines.wait_for(r"guard checkout +state=forced_open +calls/s=[1-9].*fallbacks/s=[1-9]", mark)
+        lines.wait_for(r"guard catalog +state=\S+ \(observe\) +calls/s=[1-9]", mark)
         lines.wait_for(rf"demo over: policy version {second.group(1)}", mark, timeout=8.0)
         assert proc.wait(timeout=5) == 0
     finally:
@@ -219,7 +219,7 @@ def test_ctrl_c_exits_cleanly_with_code_0(demo_file: Path) -> None:
     )
     try:
         lines = _Lines(proc)
-        lines.wait_for(r"guard payments ")
+        lines.wait_for(r"guard checkout ")
         proc.send_signal(signal.SIGINT)
         lines.wait_for(r"demo over", timeout=5.0)
         assert proc.wait(timeout=5) == 0

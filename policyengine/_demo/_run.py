@@ -23,7 +23,7 @@ from ._view import Frame, View
 __all__ = ["Options", "run"]
 
 TICK = 0.125  # seconds between samples / redraws
-RATES = {"payments": 40.0, "inventory": 50.0, "search": 25.0}  # calls per second
+RATES = {"checkout": 40.0, "stock": 50.0, "catalog": 25.0}  # calls per second
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +64,8 @@ async def poll_reload(engine: Engine, path: Path, every: float = 0.2) -> None:
 def invitation(shown_path: str) -> str:
     return (
         f'Try it: edit {shown_path} while this runs and save. Add force = "open" under '
-        "[policies.payments.breaker], or set max_concurrent = 1 under "
-        "[policies.inventory.bulkhead]: the change applies live. A bad edit "
+        "[policies.checkout.breaker], or set max_concurrent = 1 under "
+        "[policies.stock.bulkhead]: the change applies live. A bad edit "
         "(open_duration = 1) is rejected and the old policy keeps serving. Ctrl-C to quit."
     )
 

@@ -22,7 +22,7 @@ _HANG_LIMIT = 30.0  # a hanging request gives up on its own after this long
 
 
 class FlakyService:
-    """`async with FlakyService(conditions) as svc: await svc.get("payments")`."""
+    """`async with FlakyService(conditions) as svc: await svc.get("checkout")`."""
 
     def __init__(self, conditions: Callable[[str], Conditions], *, seed: int | None = None):
         self._conditions = conditions

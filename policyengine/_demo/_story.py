@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 __all__ = ["CYCLE_SECONDS", "ENDPOINTS", "Conditions", "Phase", "Story", "default_phases"]
 
 CYCLE_SECONDS = 40.0
-ENDPOINTS = ("payments", "inventory", "search")
+ENDPOINTS = ("checkout", "stock", "catalog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,26 +58,26 @@ def default_phases() -> tuple[Phase, ...]:
         ),
         Phase(
             "slow",
-            "Inventory slows down: its bulkhead fills and sheds load; payments errors get retried.",
+            "Stock slows down: its bulkhead fills and sheds load; checkout errors get retried.",
             1.5,
             {
-                "inventory": Conditions(error_rate=0.02, latency=0.18, jitter=0.12),
-                "payments": Conditions(error_rate=0.12, latency=0.02, jitter=0.03),
-                "search": Conditions(error_rate=0.05, latency=0.12, jitter=0.15),
+                "stock": Conditions(error_rate=0.02, latency=0.18, jitter=0.12),
+                "checkout": Conditions(error_rate=0.12, latency=0.02, jitter=0.03),
+                "catalog": Conditions(error_rate=0.05, latency=0.12, jitter=0.15),
             },
         ),
         Phase(
             "outage",
-            "Payments is down: the breaker trips, the fallback answers, half-open probes fail.",
+            "Checkout is down: the breaker trips, the fallback answers, half-open probes fail.",
             3.0,
             {
-                "payments": Conditions(error_rate=0.85, hang_rate=0.15),
-                "search": Conditions(error_rate=0.9, hang_rate=0.05),
+                "checkout": Conditions(error_rate=0.85, hang_rate=0.15),
+                "catalog": Conditions(error_rate=0.9, hang_rate=0.05),
             },
         ),
         Phase(
             "recovery",
-            "Payments is back: after open_duration a half-open probe succeeds and it closes.",
+            "Checkout is back: after open_duration a half-open probe succeeds and it closes.",
             4.0,
         ),
     )
