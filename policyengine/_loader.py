@@ -1,16 +1,30 @@
-"""Read policy files into a validated `PolicySet` (first cut; positions come in `_lines`)."""
+"""Read policy files into a validated `PolicySet`, or a `PolicyValidationError` listing every
+problem of every file at once (file, key path, line, message with a hint).
+
+Steps: parse each file (`tomllib`); check its top level (`schema_version`, `[state]`, the shape
+of `[templates]` and `[policies]`); gather templates and policies of all files into one namespace
+(a name defined twice is an error); resolve `extends`; validate each template and policy after
+inheritance, reporting an error where its value was written; check the retry schedule against
+`timeout.total` (a warning, an error when `strict`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from ._diagnostics import clean_loc, describe, without_typo_echoes
+from ._inherit import Doc, Node, leaves, merge_chain, resolve_chains
+from ._latency import schedule_warning
+from ._lines import KeyPath, dotted
 from ._models import Policy, PolicyFile, StateOptions
 from .exceptions import PolicyIssue, PolicyValidationError
 
@@ -20,7 +34,7 @@ __all__ = ["PolicySet", "load_path", "load_text"]
 @dataclass(frozen=True)
 class PolicySet:
     """Everything one load produced: effective policies (extends resolved), state options,
-    the files read, a content hash, and warnings."""
+    the files read, a content hash, warnings, and where each effective value was written."""
 
     policies: Mapping[str, Policy]
     state: StateOptions
@@ -30,79 +44,249 @@ class PolicySet:
     origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+_SECTIONS = ("templates", "policies")
+_AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
-def _resolve(name: str, raw: dict[str, dict[str, Any]], tmpl: dict[str, dict[str, Any]]) -> Any:
-    seen: list[str] = []
-    chain: list[dict[str, Any]] = []
-    node = raw[name]
-    while True:
-        chain.append(node)
-        parent = node.get("extends")
-        if parent is None:
-            if node is not tmpl.get("default") and "default" in tmpl and len(seen) == 0:
-                parent = "default"
-            else:
-                break
-        if parent in seen:
-            raise ValueError(f"extends forms a cycle: {' -> '.join([*seen, parent])}")
-        seen.append(parent)
-        node = tmpl.get(parent) or raw.get(parent)  # type: ignore[assignment]
-        if node is None:
-            raise ValueError(f"extends {parent!r}: no template or policy of that name")
-    merged: dict[str, Any] = {}
-    for node in reversed(chain):
-        merged = _merge(merged, node)
-    merged.pop("extends", None)
-    return merged
-
-
-def _validate(doc: dict[str, Any], source: str, text: str) -> PolicySet:
-    issues: list[PolicyIssue] = []
+def _parse(text: str, source: str, issues: list[PolicyIssue]) -> Doc | None:
     try:
-        parsed = PolicyFile.model_validate(doc)
-    except ValidationError as exc:
-        for err in exc.errors():
-            path = ".".join(str(p) for p in err["loc"])
-            issues.append(PolicyIssue(source, None, path, err["msg"]))
-        raise PolicyValidationError(issues) from None
-    raw_policies = doc.get("policies", {})
-    raw_templates = doc.get("templates", {})
-    effective: dict[str, Policy] = {}
-    for name in parsed.policies:
-        try:
-            effective[name] = Policy.model_validate(_resolve(name, raw_policies, raw_templates))
-        except (ValueError, ValidationError) as exc:
-            issues.append(PolicyIssue(source, None, f"policies.{name}.extends", str(exc)))
-    if issues:
-        raise PolicyValidationError(issues)
-    version = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return PolicySet(effective, parsed.state, (source,), version)
-
-
-def load_text(text: str, source: str = "<string>") -> PolicySet:
-    """Validate a TOML document; PolicyValidationError lists every problem."""
-    try:
-        doc = tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyValidationError([PolicyIssue(source, None, "", str(exc))]) from None
-    return _validate(doc, source, text)
+        message = str(exc)
+        m = _AT_LINE.search(message)
+        if m is not None:
+            line: int | None = int(m.group(1))
+            detail = f"{_AT_LINE.sub('', message)} (column {m.group(2)})"
+        elif message.endswith("(at end of document)"):
+            line = max(1, len(text.splitlines()))
+            detail = message.replace("(at end of document)", "(at the end of the file)")
+        else:
+            line, detail = None, message
+        issues.append(PolicyIssue(source, line, "", f"TOML syntax error: {detail}"))
+        return None
+    return Doc(source, text, data)
 
 
-def load_path(path: str | Path) -> PolicySet:
-    """Validate a file, or every ``*.toml`` in a directory (merged)."""
+class _Build:
+    """One load: the documents, the namespace they share, and the problems found."""
+
+    def __init__(self, issues: list[PolicyIssue], strict: bool) -> None:
+        self.issues = issues
+        self.strict = strict
+        self.warnings: list[PolicyIssue] = []
+        self.nodes: dict[str, dict[str, Node]] = {"templates": {}, "policies": {}}
+        self.state: tuple[Doc, StateOptions] | None = None
+        self.seen: set[tuple[str, int | None, KeyPath, str]] = set()
+
+    def top_level(self, doc: Doc) -> None:
+        rest = {k: v for k, v in doc.data.items() if k not in _SECTIONS}
+        try:
+            parsed = PolicyFile.model_validate(rest)
+        except ValidationError as exc:
+            for err in without_typo_echoes(exc.errors()):
+                missing = err["type"] == "missing"
+                rel, message = describe(
+                    err, clean_loc(err["loc"], rest, missing=missing), PolicyFile
+                )
+                self.issues.append(doc.issue(rel, message))
+        else:
+            if "state" in rest:
+                if self.state is not None:
+                    first = self.state[0]
+                    self.issues.append(
+                        doc.issue(
+                            ("state",),
+                            f"[state] is also defined in {first.source}:"
+                            f"{first.line(('state',))}; keep one",
+                        )
+                    )
+                else:
+                    self.state = (doc, parsed.state)
+        for section in _SECTIONS:
+            self.gather(doc, section)
+
+    def gather(self, doc: Doc, section: str) -> None:
+        tables = doc.data.get(section, {})
+        if not isinstance(tables, dict):
+            self.issues.append(doc.issue((section,), f"expected a table of named {section}"))
+            return
+        for name, raw in tables.items():
+            if not isinstance(raw, dict):
+                message = f"expected a table such as [{dotted((section, name))}]"
+                self.issues.append(doc.issue((section, name), message))
+                continue
+            other = self.nodes[section].get(name)
+            if other is not None:
+                where = f"{other.doc.source}:{other.doc.line(other.prefix)}"
+                self.issues.append(
+                    doc.issue(
+                        (section, name),
+                        f"{dotted((section, name))} is defined twice: in "
+                        f"{other.doc.source} and {doc.source} (first at {where})",
+                    )
+                )
+                continue
+            self.nodes[section][name] = Node(section, name, doc, raw)
+
+    def report(
+        self, node: Node, data: dict[str, Any], owners: dict[KeyPath, Node], exc: ValidationError
+    ) -> None:
+        for err in without_typo_echoes(exc.errors()):
+            missing = err["type"] == "missing"
+            loc = err["loc"]
+            if node.section == "templates" and missing and not any(isinstance(s, int) for s in loc):
+                continue  # a template may leave required keys to the policies that extend it
+            rel, message = describe(err, clean_loc(loc, data, missing=missing), Policy)
+            issue = _issue(node, owners, rel, message)
+            key = (issue.file, issue.line, rel, message)
+            if key in self.seen:  # already reported by the template that wrote the value
+                continue
+            if node.section == "templates":
+                self.seen.add(key)
+            self.issues.append(issue)
+
+    def resolve(self, parse_failed: bool) -> tuple[dict[str, Policy], _Origins]:
+        templates, policies = self.nodes["templates"], self.nodes["policies"]
+        chains, problems = resolve_chains(templates, policies, report_missing=not parse_failed)
+        self.issues.extend(problems)
+        effective: dict[str, Policy] = {}
+        origins = _Origins()
+        ordered = sorted(
+            chains.items(), key=lambda item: (item[0].section == "policies", len(item[1]))
+        )
+        for node, chain in ordered:
+            data, owners = merge_chain(chain)
+            try:
+                policy = Policy.model_validate(data)
+            except ValidationError as exc:
+                self.report(node, data, owners, exc)
+                continue
+            if node.section == "policies":
+                effective[node.name] = policy
+                origins.sources[node.name] = (data, owners)
+                self.check_schedule(node, policy, owners)
+        return {name: effective[name] for name in policies if name in effective}, origins
+
+    def check_schedule(self, node: Node, policy: Policy, owners: dict[KeyPath, Node]) -> None:
+        message = schedule_warning(policy)
+        if message is None:
+            return
+        rel = ("timeout", "total")
+        if self.strict:
+            self.issues.append(_issue(node, owners, rel, message))
+        else:
+            self.warnings.append(_issue(node, owners, rel, message, "warning"))
+
+
+def _issue(
+    node: Node,
+    owners: dict[KeyPath, Node],
+    rel: KeyPath,
+    message: str,
+    severity: Literal["error", "warning"] = "error",
+) -> PolicyIssue:
+    """An issue on `rel` of `node`'s effective table: the key path is the node's, the file and
+    line are where the value (or its nearest table) was written, maybe in a template."""
+    owner = node
+    for end in range(len(rel), 0, -1):
+        found = owners.get(rel[:end])
+        if found is not None:
+            owner = found
+            break
+    line = owner.doc.line((*owner.prefix, *rel))
+    return PolicyIssue(owner.doc.source, line, dotted((*node.prefix, *rel)), message, severity)
+
+
+def _where(node: Node, rel: KeyPath) -> str:
+    return f"{node.doc.source}:{node.doc.line((*node.prefix, *rel))} ({node.label})"
+
+
+class _Origins(Mapping[str, Mapping[str, str]]):
+    """Policy name -> dotted key -> ``"file:line (templates.x)"``, worked out when first read
+    (only `explain` reads it; a reload need not scan every file for lines)."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, tuple[dict[str, Any], dict[KeyPath, Node]]] = {}
+        self._done: dict[str, Mapping[str, str]] = {}
+
+    def __getitem__(self, name: str) -> Mapping[str, str]:
+        found = self._done.get(name)
+        if found is None:
+            data, owners = self.sources[name]
+            found = self._done[name] = {dotted(p): _where(owners[p], p) for p in leaves(data)}
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __repr__(self) -> str:
+        return f"<origins of {', '.join(self.sources) or 'no policies'}>"
+
+
+def _build(
+    texts: Iterable[tuple[str, str]], issues: list[PolicyIssue], version: str, strict: bool
+) -> PolicySet:
+    sources = []
+    docs = []
+    parse_failed = bool(issues)
+    for source, text in texts:
+        sources.append(source)
+        doc = _parse(text, source, issues)
+        if doc is None:
+            parse_failed = True
+        else:
+            docs.append(doc)
+    build = _Build(issues, strict)
+    for doc in docs:
+        build.top_level(doc)
+    policies, origins = build.resolve(parse_failed)
+    if issues:
+        order = {source: i for i, source in enumerate(sources)}
+        problems = [*issues, *build.warnings]
+        problems.sort(key=lambda i: (order.get(i.file, -1), i.line or 0))
+        raise PolicyValidationError(problems)
+    state = build.state[1] if build.state is not None else StateOptions()
+    return PolicySet(policies, state, tuple(sources), version, tuple(build.warnings), origins)
+
+
+def _hash(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def load_text(text: str, source: str = "<string>", *, strict: bool = False) -> PolicySet:
+    """Validate a TOML document; PolicyValidationError lists every problem."""
+    return _build([(source, text)], [], _hash(text), strict)
+
+
+def load_path(path: str | os.PathLike[str], *, strict: bool = False) -> PolicySet:
+    """Validate a file, or every ``*.toml`` in a directory (merged into one namespace)."""
     p = Path(path)
-    files = sorted(p.glob("*.toml")) if p.is_dir() else [p]
-    texts = [f.read_text(encoding="utf-8") for f in files]
-    result = load_text("\n".join(texts), str(files[0]) if files else str(p))
-    return PolicySet(
-        result.policies, result.state, tuple(str(f) for f in files), result.version
-    )
+    if p.is_dir():
+        files = sorted(p.glob("*.toml"))
+        if not files:
+            raise PolicyValidationError(
+                [PolicyIssue(str(p), None, "", "no *.toml files in this directory")]
+            )
+    elif p.exists():
+        files = [p]
+    else:
+        raise PolicyValidationError([PolicyIssue(str(p), None, "", "no such file or directory")])
+    texts: list[tuple[str, str]] = []
+    issues: list[PolicyIssue] = []
+    for f in files:
+        try:
+            texts.append((str(f), f.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            issues.append(PolicyIssue(str(f), None, "", f"cannot read the file: {exc}"))
+    if p.is_dir():
+        version = _hash(*(part for name, text in texts for part in (Path(name).name, text)))
+    else:
+        version = _hash(texts[0][1]) if texts else _hash("")
+    return _build(texts, issues, version, strict)

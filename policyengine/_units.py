@@ -17,13 +17,14 @@ _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6
 _PART = r"(\d+(?:\.\d+)?)(ms|us|µs|s|m|h|d)"
 _PART_RE = re.compile(_PART)
 _DURATION_RE = re.compile(rf"^(?:{_PART})+$")
-DURATION_PATTERN = rf"^(?:{_PART.replace('(', '(?:', 2)})+$"
+DURATION_PATTERN = r"^(?:\d+(?:\.\d+)?(?:ms|us|µs|s|m|h|d))+$"
+"""The same grammar as a JSON Schema pattern (no capture groups), for editors."""
 
 
 def parse_duration(value: object) -> float:
     """Seconds from a duration string; a clear ValueError (with the fix) for anything else."""
     if isinstance(value, bool):
-        raise ValueError(f"a duration is a string with a unit such as \"2s\", not {value!r}")
+        raise ValueError(f'a duration is a string with a unit such as "2s", not {value!r}')
     if isinstance(value, int | float):
         hint = _number_hint(value)
         raise ValueError(f'a duration needs a unit: write "{hint}" instead of {value!r}')
@@ -73,7 +74,9 @@ def format_duration(seconds: float) -> str:
 def parse_ratio(value: object) -> float:
     """A ratio in [0, 1] from a number or a percentage string (``"50%"``)."""
     if isinstance(value, bool):
-        raise ValueError(f'a ratio is a number in [0, 1] or a percentage such as "50%", not {value}')
+        raise ValueError(
+            f'a ratio is a number in [0, 1] or a percentage such as "50%", not {value}'
+        )
     if isinstance(value, str):
         text = value.strip()
         if not text.endswith("%"):
@@ -85,7 +88,9 @@ def parse_ratio(value: object) -> float:
     elif isinstance(value, int | float):
         ratio = float(value)
     else:
-        raise ValueError(f'a ratio is a number in [0, 1] or a percentage such as "50%", not {value!r}')
+        raise ValueError(
+            f'a ratio is a number in [0, 1] or a percentage such as "50%", not {value!r}'
+        )
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"a ratio must lie in [0, 1] (or 0% to 100%), got {value!r}")
     return ratio
