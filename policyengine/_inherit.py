@@ -88,10 +88,15 @@ def _parent(node: Node, templates: dict[str, Node], policies: dict[str, Node]) -
 
 
 def resolve_chains(
-    templates: dict[str, Node], policies: dict[str, Node], *, report_missing: bool = True
+    templates: dict[str, Node],
+    policies: dict[str, Node],
+    *,
+    report_missing: bool = True,
+    broken: dict[Node, list[Node]] | None = None,
 ) -> tuple[dict[Node, list[Node]], list[PolicyIssue]]:
     """Each node's chain (itself first, then what it inherits from), for the nodes whose
-    `extends` resolve; an issue for every wrong `extends` and one for every cycle."""
+    `extends` resolve; an issue for every wrong `extends` and one for every cycle. The partial
+    chains of the others go to `broken`, so their own values can still be checked."""
     chains: dict[Node, list[Node]] = {}
     issues: list[PolicyIssue] = []
     cycles: set[frozenset[int]] = set()
@@ -103,6 +108,8 @@ def resolve_chains(
             except ValueError as exc:  # reported once, by the node that says it
                 if chain[-1] is node and (report_missing or not isinstance(exc, _Missing)):
                     issues.append(node.issue(("extends",), str(exc)))
+                if broken is not None:
+                    broken[node] = chain
                 break
             if parent is None:
                 chains[node] = chain
@@ -114,6 +121,8 @@ def resolve_chains(
                     cycles.add(key)
                     names = " -> ".join(n.label for n in [*loop, parent])
                     issues.append(node.issue(("extends",), f"extends forms a cycle: {names}"))
+                if broken is not None:
+                    broken[node] = [node]
                 break
             chain.append(parent)
     return chains, issues

@@ -129,13 +129,22 @@ class _Build:
             self.nodes[section][name] = Node(section, name, doc, raw)
 
     def report(
-        self, node: Node, data: dict[str, Any], owners: dict[KeyPath, Node], exc: ValidationError
+        self,
+        node: Node,
+        data: dict[str, Any],
+        owners: dict[KeyPath, Node],
+        exc: ValidationError,
+        *,
+        partial: bool = False,
     ) -> None:
         for err in without_typo_echoes(exc.errors()):
             missing = err["type"] == "missing"
             loc = err["loc"]
-            if node.section == "templates" and missing and not any(isinstance(s, int) for s in loc):
-                continue  # a template may leave required keys to the policies that extend it
+            lenient = node.section == "templates" or partial
+            if lenient and missing and not any(isinstance(s, int) for s in loc):
+                # a template may leave required keys to the policies that extend it, and a
+                # policy whose `extends` is broken may expect them from its parent
+                continue
             rel, message = describe(err, clean_loc(loc, data, missing=missing), Policy)
             issue = _issue(node, owners, rel, message)
             key = (issue.file, issue.line, rel, message)
@@ -147,8 +156,17 @@ class _Build:
 
     def resolve(self, parse_failed: bool) -> tuple[dict[str, Policy], _Origins]:
         templates, policies = self.nodes["templates"], self.nodes["policies"]
-        chains, problems = resolve_chains(templates, policies, report_missing=not parse_failed)
+        broken: dict[Node, list[Node]] = {}
+        chains, problems = resolve_chains(
+            templates, policies, report_missing=not parse_failed, broken=broken
+        )
         self.issues.extend(problems)
+        for node, chain in broken.items():  # still check what these nodes say themselves
+            data, owners = merge_chain(chain)
+            try:
+                Policy.model_validate(data)
+            except ValidationError as exc:
+                self.report(node, data, owners, exc, partial=True)
         effective: dict[str, Policy] = {}
         origins = _Origins()
         ordered = sorted(

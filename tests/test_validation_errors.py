@@ -523,3 +523,19 @@ def test_a_misspelt_required_key_is_one_error_not_two() -> None:
         2,
         "unknown key `max_concurent` (did you mean `max_concurrent`?)",
     )
+
+
+def test_a_broken_extends_does_not_hide_the_policys_own_errors() -> None:
+    found = problems(
+        """
+        [policies.p]
+        extends = "nope"
+        [policies.p.retry]
+        jiter = "full"
+        [policies.p.bulkhead]
+        max_queue = 2
+        """
+    )
+    paths = [(path, line) for path, line, _ in found]
+    # the missing max_concurrent may come from the parent that could not be found: not reported
+    assert paths == [("policies.p.extends", 2), ("policies.p.retry.jiter", 4)]
