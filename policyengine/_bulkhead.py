@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ._timeout import Deadline
 from .exceptions import BulkheadFullError
 
 __all__ = ["Bulkhead"]
@@ -140,10 +142,17 @@ class Bulkhead:
             return self.max_wait
         return min(self.max_wait, remaining)
 
-    async def acquire(self, remaining: float | None = None, *, tried: bool = False) -> None:
+    async def acquire(
+        self,
+        remaining: float | None = None,
+        *,
+        tried: bool = False,
+        timer: Callable[[float], Deadline] | None = None,
+    ) -> None:
         """Wait for a slot for at most min(max_wait, remaining) seconds of real time.
 
-        `tried`: the caller just failed `try_acquire`, so go straight to the queue.
+        `tried`: the caller just failed `try_acquire`, so go straight to the queue. `timer`
+        arms a deadline at a loop time (a guard's deadline queue); without it, `asyncio.timeout`.
         """
         if not tried and self.try_acquire():
             return
@@ -154,13 +163,33 @@ class Bulkhead:
         if waiter.state == _GRANTED:
             return
         budget = self._wait_budget(remaining)
-        assert waiter.future is not None
+        future = waiter.future
+        assert future is not None
+        if budget is not None and timer is not None:
+            deadline = timer(loop.time() + max(budget, 0.0))
+            try:
+                await future
+            except asyncio.CancelledError:
+                if deadline.expired():
+                    if self._give_up(waiter):
+                        return  # granted just as the wait ran out: keep the slot
+                    raise self._full() from None
+                if self._give_up(waiter):
+                    self.release()
+                raise
+            except BaseException:
+                deadline.disarm()
+                if self._give_up(waiter):
+                    self.release()
+                raise
+            deadline.disarm()
+            return
         try:
             if budget is None:
-                await waiter.future
+                await future
             else:
                 async with asyncio.timeout(budget if budget > 0 else 0):
-                    await waiter.future
+                    await future
         except TimeoutError:
             if self._give_up(waiter):
                 return  # granted just as the wait ran out: keep the slot

@@ -64,7 +64,7 @@ def compile_guards(
             out.changes[name] = "unchanged"
             continue
         out.guards[name], out.changes[name] = _compile_one(
-            name, policy, old, clock, emit, make_breaker, out.commits
+            name, policy, old, clock, emit, make_breaker, out.commits, out.changes
         )
     return out
 
@@ -77,6 +77,7 @@ def _compile_one(
     emit: Listeners,
     make_breaker: BreakerFactory,
     commits: list[Callable[[], None]],
+    changes: dict[str, str],
 ) -> tuple[Guard, str]:
     change = "new" if old is None else "kept state"
     metrics = old.metrics if old is not None else GuardMetrics()
@@ -91,7 +92,7 @@ def _compile_one(
         )
         if prev is not None and same_kind:
             breaker = prev
-            commits.append(_reconfigure(prev, policy))
+            commits.append(_reconfigure(prev, policy, name, changes))
         else:
             breaker = make_breaker(name, policy, clock, _counting(emit, metrics))
             if old is not None and old.breaker is not None:
@@ -146,13 +147,16 @@ def _counting(emit: Callable[[Event], None], metrics: GuardMetrics) -> Callable[
     return sink
 
 
-def _reconfigure(breaker: Breaker, policy: Policy) -> Callable[[], None]:
+def _reconfigure(
+    breaker: Breaker, policy: Policy, name: str, changes: dict[str, str]
+) -> Callable[[], None]:
     assert policy.breaker is not None
     options = policy.breaker
     observe = policy.mode == "observe"
 
     def commit() -> None:
-        breaker.reconfigure(options)
+        if breaker.reconfigure(options) == "window_reset":
+            changes[name] = "kept state, new window"
         breaker.observe = observe
 
     return commit

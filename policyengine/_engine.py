@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ._guard import Guard
 from ._handle import GuardHandle
 from ._loader import PolicySet, load_path
 from ._models import StateOptions
-from .exceptions import PolicyValidationError, UnknownGuardError
+from .exceptions import PolicyIssue, PolicyValidationError, UnknownGuardError
 
 __all__ = ["Engine"]
 
@@ -46,6 +47,8 @@ class Engine:
         self._removed: dict[str, Guard] = {}
         self._handles: dict[str, GuardHandle] = {}
         self._lock = threading.Lock()  # serialises reloads, never taken by a call
+        self._reload_lock = threading.RLock()  # one read-compare-apply at a time (watcher, user)
+        self.strict = False  # reloads validate as the first load did (`load(..., strict=True)`)
         self._watcher: Any = None
         self._closed = False
         self.reloads = 0
@@ -116,8 +119,10 @@ class Engine:
         with self._lock:
             factory = self._breaker_factory()
             kwargs = {} if factory is None else {"make_breaker": factory}
+            # a removed policy that comes back carries over the state its handles kept using
+            carried = {**self._removed, **self._guards}
             compiled = compile_guards(
-                policy_set.policies, self._guards, self.clock, self.listeners, **kwargs
+                policy_set.policies, carried, self.clock, self.listeners, **kwargs
             )
             for commit in compiled.commits:
                 commit()
@@ -126,50 +131,72 @@ class Engine:
                 self._removed.pop(name, None)
             self._removed.update(removed)
             self._guards = compiled.guards  # the one swap
-            self._policy_set = policy_set
+            previous, self._policy_set = self._policy_set.version, policy_set
             self._changes = dict(compiled.changes)
             self._changes.update({n: "removed" for n in self._removed})
+            changes = dict(self._changes)
             self._loaded_at = _utcnow()
             self._last_error = None
             if not initial:
                 self.reloads += 1
         if not initial:
             for name in removed:
-                self._emit(
-                    Event("policy_removed", name, {"note": "handles keep the last policy"})
-                )
-            self._emit(Event("reload", "*", {"version": policy_set.version}))
+                self._emit(Event("policy_removed", name, {"note": "handles keep the last policy"}))
+            data = {"version": policy_set.version, "previous": previous, "changes": changes}
+            self._emit(Event("reload", "*", data))
         return compiled.changes
 
-    def reload(self) -> bool:
+    def reload(self, *, settle: float = 0.0) -> bool:
         """Re-read the files this engine was loaded from. True if a new set was applied.
 
         A file that fails to read or validate keeps the policies in force: the error goes to
-        `status()["last_error"]`, a `reload_failed` event and the log.
+        `status()["last_error"]`, a `reload_failed` event and the log, once (the same error
+        again, as from a file that stays deleted, is not reported again). Content equal to the
+        policies in force changes nothing; if a failure was reported meanwhile, it is cleared
+        (a `reload` event with every policy "unchanged" says so).
+
+        `settle` (seconds, for watchers): when the files look caught in the middle of a save
+        (invalid, or suddenly without any policy), wait that long and read them again before
+        judging, so a slow writer does not raise a false alarm.
         """
+        with self._reload_lock:
+            result = self._read()
+            if settle > 0 and self._looks_torn(result):
+                time.sleep(settle)
+                result = self._read()
+            if isinstance(result, PolicyValidationError):
+                self._fail(result)
+                return False
+            if result.version == self._policy_set.version and self._last_error is None:
+                return False
+            self.apply(result)  # also clears last_error when the files are back to the policy
+            return True
+
+    def _read(self) -> PolicySet | PolicyValidationError:
         if self.path is None:
             raise RuntimeError("this engine was not loaded from a path; use apply()")
         try:
-            policy_set = load_path(self.path)
+            return load_path(self.path, strict=self.strict)
         except PolicyValidationError as exc:
-            self._fail(exc)
-            return False
-        if policy_set.version == self._policy_set.version and self._last_error is None:
-            return False
-        self.apply(policy_set)
-        return True
+            return exc
+        except (OSError, UnicodeDecodeError) as exc:  # the loader reports these; belt and braces
+            return PolicyValidationError([PolicyIssue(str(self.path), None, "", str(exc))])
+
+    def _looks_torn(self, result: PolicySet | PolicyValidationError) -> bool:
+        if isinstance(result, PolicyValidationError):
+            return str(result) != self._last_error  # an error reported already needs no wait
+        return not result.policies and bool(self._guards)
 
     def _fail(self, exc: PolicyValidationError) -> None:
+        error = str(exc)
         with self._lock:
+            if error == self._last_error:
+                return  # reported already: no error loop while a file stays bad or missing
             self.failed_reloads += 1
-            self._last_error = str(exc)
-        self._emit(
-            Event(
-                "reload_failed",
-                "*",
-                {"error": str(exc), "issues": [e.as_dict() for e in exc.errors]},
-            )
-        )
+            self._last_error = error
+            version = self._policy_set.version
+        data = {"error": error, "issues": [e.as_dict() for e in exc.errors], "version": version}
+        self._emit(Event("reload_failed", "*", data))
 
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
@@ -183,6 +210,7 @@ class Engine:
             "reloads": self.reloads,
             "failed_reloads": self.failed_reloads,
             "watching": self._watcher is not None and not self._closed,
+            "watch": None if self._watcher is None else self._watcher.describe(),
             "policies": dict(self._changes),
             "removed": sorted(self._removed),
             "warnings": [str(w) for w in ps.warnings],
@@ -193,6 +221,8 @@ class Engine:
         """Start watching the source files (see `_watcher.Watcher`)."""
         if self.path is None:
             raise RuntimeError("only an engine loaded from a path can watch it")
+        if self._closed:
+            raise RuntimeError("this engine is closed")
         if self._watcher is None:
             from ._watcher import Watcher
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -54,6 +55,7 @@ class Guard:
         "_retryable",
         "_threaded",
         "_total",
+        "_wait_queue",
         "breaker",
         "bulkhead",
         "fallback",
@@ -97,6 +99,7 @@ class Guard:
         self._attempt = timeout.attempt if timeout is not None else None
         self._threaded = bulkhead is not None and bulkhead.kind == "threads"
         self._queue: DeadlineQueue | None = None
+        self._wait_queue: DeadlineQueue | None = None
         # What `call` runs, chosen once: no mode or fallback test per call.
         if self.mode == "disabled":
             self._first = self._passthrough
@@ -155,6 +158,15 @@ class Guard:
         queue = self._queue
         if queue is None or queue.loop is not loop:
             queue = self._queue = DeadlineQueue(loop)
+        return queue.add(task, when)
+
+    def _wait_deadline(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
+    ) -> Deadline:
+        """Bulkhead waits get a queue of their own: their lengths differ from attempts'."""
+        queue = self._wait_queue
+        if queue is None or queue.loop is not loop:
+            queue = self._wait_queue = DeadlineQueue(loop)
         return queue.add(task, when)
 
     async def _run(
@@ -279,8 +291,12 @@ class Guard:
         self, bulkhead: Bulkhead, loop: asyncio.AbstractEventLoop, deadline: float | None
     ) -> None:
         remaining = None if deadline is None else deadline - loop.time()
+        task = _current_task(loop)
+        timer = None
+        if task is not None:
+            timer = functools.partial(self._wait_deadline, loop, task)
         try:
-            await bulkhead.acquire(remaining, tried=True)
+            await bulkhead.acquire(remaining, tried=True, timer=timer)
         except BulkheadFullError:
             if deadline is not None and loop.time() >= deadline:
                 self.metrics.timeouts += 1

@@ -1,0 +1,346 @@
+"""The file watcher on a real file system, with inotify and with polling: in-place writes, atomic
+replaces, delete and re-create, ConfigMap symlink swaps, directories of policies, the backstop.
+
+No test sleeps a fixed time to let the watcher act: each waits for the reload it expects (an
+event, or `status()`), with a deadline, so it is fast when things work and slow only on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import policyengine
+from policyengine import Engine, Event
+from policyengine._loader import load_text
+from policyengine._watcher import Watcher
+
+TIMEOUT = 5.0
+
+
+def policy(limit: int, name: str = "db") -> str:
+    return f"[policies.{name}.bulkhead]\nmax_concurrent = {limit}\nmax_queue = 10\n"
+
+
+def limit_of(engine: Engine, name: str = "db") -> int:
+    bulkhead = engine.guards[name].bulkhead
+    assert bulkhead is not None
+    return bulkhead.max_concurrent
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.002)
+
+
+def wait_for_version(engine: Engine, text: str) -> None:
+    version = load_text(text).version
+    wait_until(lambda: engine.status()["version"] == version, f"version {version}")
+
+
+def wait_for_look(engine: Engine, after: int) -> None:
+    """Wait until the watcher has looked at the files more than `after` times."""
+    wait_until(lambda: engine._watcher.looks > after, f"look #{after + 1}")
+
+
+class Events:
+    """Reload events, as the watcher thread emits them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.items: list[Event] = []
+        self._cond = threading.Condition()
+        engine.add_listener(self._on)
+
+    def _on(self, event: Event) -> None:
+        if event.name in ("reload", "reload_failed", "policy_removed"):
+            with self._cond:
+                self.items.append(event)
+                self._cond.notify_all()
+
+    def count(self, name: str) -> int:
+        return sum(e.name == name for e in self.items)
+
+    def wait(self, name: str, n: int = 1) -> Event:
+        """Wait until `n` events called `name` have arrived; return the last."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self.count(name) >= n, TIMEOUT)
+        assert ok, f"no {name} #{n} within {TIMEOUT}s; got {[e.name for e in self.items]}"
+        return [e for e in self.items if e.name == name][n - 1]
+
+
+@pytest.fixture(params=[False, True], ids=["inotify", "polling"])
+def polling(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+@pytest.fixture
+def watch(polling: bool) -> Iterator[Callable[..., tuple[Engine, Events]]]:
+    """Load a path with watching on (fast polling in polling mode); closed after the test."""
+    engines: list[Engine] = []
+
+    def make(path: Path, **options: Any) -> tuple[Engine, Events]:
+        options.setdefault("force_polling", polling)
+        options.setdefault("poll_interval", 0.05)
+        engine = policyengine.load(path, watch=True, default=False, **options)
+        engines.append(engine)
+        events = Events(engine)
+        watcher = engine._watcher
+        wait_until(lambda: watcher.looks >= 1, "the start-up look")
+        return engine, events
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Save as editors do: a temporary file in the same directory, renamed over the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- change kinds
+def test_in_place_writes_apply(tmp_path: Path, watch: Callable[..., Any]) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine, events = watch(f)
+    for n in (2, 3, 4):
+        f.write_text(policy(n))
+        wait_for_version(engine, policy(n))
+        assert limit_of(engine) == n
+    assert events.count("reload_failed") == 0
+    assert engine.status()["last_error"] is None
+
+
+def test_atomic_replaces_apply_again_and_again(tmp_path: Path, watch: Callable[..., Any]) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine, events = watch(f)
+    for n in range(2, 8):
+        atomic_write(f, policy(n))
+        event = events.wait("reload", n - 1)
+        assert event.data["version"] == load_text(policy(n)).version
+        assert limit_of(engine) == n
+    assert engine.status()["reloads"] == 6
+
+
+def test_delete_keeps_the_last_good_policies_reports_once_and_recreate_applies(
+    tmp_path: Path, watch: Callable[..., Any]
+) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(3))
+    engine, events = watch(f, backstop=0.02)  # many periodic looks while the file is gone
+    version = engine.status()["version"]
+    f.unlink()
+    failed = events.wait("reload_failed")
+    assert failed.data["issues"][0]["file"] == str(f)
+    looks = engine._watcher.looks
+    wait_until(lambda: engine._watcher.looks >= looks + 5, "more looks at the missing file")
+    status = engine.status()
+    assert events.count("reload_failed") == 1 and status["failed_reloads"] == 1  # no error loop
+    assert status["version"] == version and limit_of(engine) == 3 and status["last_error"]
+    assert engine.guard("db").current().bulkhead is not None
+    f.write_text(policy(5))
+    events.wait("reload")
+    assert limit_of(engine) == 5 and engine.status()["last_error"] is None
+
+
+def test_touching_a_file_is_looked_at_but_reloads_nothing(
+    tmp_path: Path, watch: Callable[..., Any]
+) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine, events = watch(f)
+    guards = engine.guards
+    for _ in range(3):
+        looks = engine._watcher.looks
+        stamp = time.time() + 1 + looks
+        os.utime(f, (stamp, stamp))
+        wait_for_look(engine, looks)
+    looks = engine._watcher.looks
+    f.write_text(policy(1))  # rewritten with the same content
+    wait_for_look(engine, looks)
+    assert engine.guards is guards and events.items == [] and engine.status()["reloads"] == 0
+
+
+def test_a_bad_edit_is_reported_and_the_next_good_edit_applies(
+    tmp_path: Path, watch: Callable[..., Any]
+) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(2))
+    engine, events = watch(f, settle=0.01)
+    atomic_write(f, policy(2).replace("max_concurrent = 2", 'max_concurrent = "many"'))
+    failed = events.wait("reload_failed")
+    issue = failed.data["issues"][0]
+    assert (issue["path"], issue["line"]) == ("policies.db.bulkhead.max_concurrent", 2)
+    assert limit_of(engine) == 2 and engine.status()["watching"]
+    atomic_write(f, policy(4))
+    events.wait("reload")
+    assert limit_of(engine) == 4 and engine.status()["last_error"] is None
+
+
+def _configmap(root: Path, stamp: str, text: str) -> None:
+    data = root / stamp
+    data.mkdir()
+    (data / "policies.toml").write_text(text)
+
+
+def test_a_configmap_symlink_swap_applies(tmp_path: Path, watch: Callable[..., Any]) -> None:
+    """The kubelet's layout: `policies.toml -> ..data/policies.toml`, `..data -> ..<stamp>`;
+    an update writes a new `..<stamp>` and swaps `..data` atomically. No event names the file."""
+    root = tmp_path / "config"
+    root.mkdir()
+    _configmap(root, "..2026_01_01_00_00_00.000000001", policy(1))
+    os.symlink("..2026_01_01_00_00_00.000000001", root / "..data")
+    os.symlink("..data/policies.toml", root / "policies.toml")
+    engine, events = watch(root / "policies.toml")
+    assert limit_of(engine) == 1
+    old = "..2026_01_01_00_00_00.000000001"
+    for n in (2, 3, 4):
+        stamp = f"..2026_01_01_00_00_0{n}.000000001"
+        _configmap(root, stamp, policy(n))
+        os.symlink(stamp, root / "..data_tmp")
+        os.replace(root / "..data_tmp", root / "..data")
+        shutil.rmtree(root / old)
+        old = stamp
+        events.wait("reload", n - 1)
+        assert limit_of(engine) == n
+    assert events.count("reload_failed") == 0
+
+
+def test_a_directory_of_policies(tmp_path: Path, watch: Callable[..., Any]) -> None:
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "a.toml").write_text(policy(1, "a"))
+    engine, events = watch(d)
+    (d / "b.toml").write_text(policy(2, "b"))
+    events.wait("reload")
+    assert engine.names() == ["a", "b"] and engine.status()["policies"]["b"] == "new"
+    atomic_write(d / "a.toml", policy(5, "a"))
+    events.wait("reload", 2)
+    assert limit_of(engine, "a") == 5
+    (d / "b.toml").unlink()
+    events.wait("policy_removed")
+    events.wait("reload", 3)
+    assert engine.status()["removed"] == ["b"]
+    looks = engine._watcher.looks
+    (d / "notes.txt").write_text("not a policy")
+    (d / "a.toml").write_text(policy(6, "a"))
+    events.wait("reload", 4)
+    assert limit_of(engine, "a") == 6
+    assert engine._watcher.looks == looks + 1  # notes.txt alone never caused a look
+
+
+def test_the_backstop_catches_what_events_miss(tmp_path: Path, polling: bool) -> None:
+    """A policy file symlinked from another directory: its edits raise no event where we watch."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "real.toml").write_text(policy(1))
+    here = tmp_path / "here"
+    here.mkdir()
+    os.symlink(elsewhere / "real.toml", here / "policies.toml")
+    with policyengine.load(
+        here / "policies.toml", watch=True, default=False, force_polling=polling, backstop=0.05
+    ) as engine:
+        (elsewhere / "real.toml").write_text(policy(7))
+        wait_until(lambda: limit_of(engine) == 7, "the backstop re-read")
+
+
+def test_a_deleted_and_recreated_directory_is_watched_again(
+    tmp_path: Path, watch: Callable[..., Any]
+) -> None:
+    d = tmp_path / "config"
+    d.mkdir()
+    (d / "policies.toml").write_text(policy(1))
+    engine, events = watch(d / "policies.toml")
+    shutil.rmtree(d)
+    events.wait("reload_failed")
+    d.mkdir()
+    (d / "policies.toml").write_text(policy(2))
+    events.wait("reload")
+    assert limit_of(engine) == 2
+    (d / "policies.toml").write_text(policy(3))
+    events.wait("reload", 2)
+    assert limit_of(engine) == 3
+
+
+# ------------------------------------------------------------------- options and lifecycle
+def test_polling_follows_the_watchfiles_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine = policyengine.loads(policy(1), default=False)
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "1")
+    monkeypatch.setenv("WATCHFILES_POLL_DELAY_MS", "20")
+    w = Watcher(engine, f)
+    assert w.polling and w.poll_delay_ms == 20
+    assert not Watcher(engine, f, force_polling=False).polling  # the option wins
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "false")
+    assert not Watcher(engine, f).polling
+    monkeypatch.delenv("WATCHFILES_POLL_DELAY_MS")
+    assert Watcher(engine, f, force_polling=True, poll_interval=0.5).poll_delay_ms == 500
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "yes")
+    with policyengine.load(f, watch=True, default=False) as watched:
+        assert watched.status()["watch"]["polling"] is True
+
+
+def test_close_stops_the_thread_promptly_and_status_still_answers(
+    tmp_path: Path, watch: Callable[..., Any]
+) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine, _ = watch(f)
+    thread = engine._watcher._thread
+    assert thread.is_alive() and thread.daemon
+    started = time.perf_counter()
+    engine.close()
+    assert time.perf_counter() - started < 1.0
+    assert not thread.is_alive()
+    status = engine.status()
+    assert status["watching"] is False and status["version"]
+    with pytest.raises(RuntimeError):
+        engine.watch()
+
+
+def test_a_listener_may_close_the_engine_from_the_watcher_thread(tmp_path: Path) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine = policyengine.load(f, watch=True, default=False)
+    thread = engine._watcher._thread
+    engine.add_listener(lambda e: engine.close() if e.name == "reload" else None)
+    f.write_text(policy(2))
+    wait_until(lambda: not thread.is_alive(), "the watcher to end")
+    assert engine.status()["watching"] is False and limit_of(engine) == 2
+
+
+async def test_watching_from_an_asyncio_application(
+    tmp_path: Path, watch: Callable[..., Any]
+) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine: Engine = watch(f)[0]
+    g = engine.guard("db")
+
+    async def work() -> int:
+        bulkhead = g.current().bulkhead
+        assert bulkhead is not None
+        return bulkhead.max_concurrent
+
+    assert await g.call(work) == 1
+    atomic_write(f, policy(9))
+    async with asyncio.timeout(TIMEOUT):
+        while await g.call(work) != 9:  # the loop keeps running while the thread reloads
+            await asyncio.sleep(0.002)
