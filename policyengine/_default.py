@@ -39,9 +39,7 @@ def load(
     Raises PolicyValidationError listing every problem. Becomes the default engine for
     `guard()` unless `default=False`. `watch_options` go to the watcher (e.g. `force_polling`).
     """
-    engine = Engine(
-        load_path(path, **({"strict": True} if strict else {})), clock=clock, path=Path(path)
-    )
+    engine = Engine(load_path(path, strict=strict), clock=clock, path=Path(path))
     engine.strict = strict
     if watch:
         engine.watch(**watch_options)
@@ -59,7 +57,7 @@ def loads(
     strict: bool = False,
 ) -> Engine:
     """Like `load`, from a TOML string (no watching)."""
-    engine = Engine(load_text(text, source, **({"strict": True} if strict else {})), clock=clock)
+    engine = Engine(load_text(text, source, strict=strict), clock=clock)
     if default:
         set_default_engine(engine)
     return engine

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -501,3 +502,39 @@ def test_module_level_guard_uses_the_default_engine(clock: FakeClock) -> None:
             policyengine.guard("missing")
     finally:
         engine.close()
+
+
+async def test_default_engine_loads_lazily_from_policyengine_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(RETRY)
+    handle = policyengine.guard("api")  # at import time, before anything is loaded
+    monkeypatch.setenv("POLICYENGINE_FILE", str(path))
+    assert await handle.call(Flaky(0)) == "ok"
+    engine = policyengine.default_engine()
+    try:
+        assert engine.status()["sources"] == [str(path)]
+        with pytest.raises(UnknownGuardError):
+            policyengine.guard("missing")
+    finally:
+        engine.close()
+
+
+def test_events_reach_listeners_and_rejections_only_when_someone_listens(
+    make_engine: MakeEngine,
+) -> None:
+    engine = make_engine(BREAKER.replace("consecutive_failures = 2", "consecutive_failures = 1"))
+    g = engine.guard("api")
+
+    def fail() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        g.call_sync(fail)
+    events: list[Event] = []
+    engine.add_listener(events.append)
+    with pytest.raises(CircuitOpenError):
+        g.call_sync(fail)
+    assert [e.name for e in events] == ["rejected"]
+    assert events[0].data == {"reason": "circuit_open"}
