@@ -117,6 +117,27 @@ class Guard:
             return "disabled"
         return self.breaker.state if self.breaker is not None else "closed"
 
+    def snapshot(self) -> dict[str, Any]:
+        """Metrics, bulkhead use and state, read together (`GuardHandle.metrics()`)."""
+        out = self.metrics.snapshot()
+        bulkhead = self.bulkhead
+        out["queued"] = bulkhead.queued if bulkhead is not None else 0
+        out["bulkhead"] = (
+            None
+            if bulkhead is None
+            else {
+                "active": bulkhead.active,
+                "max_concurrent": bulkhead.max_concurrent,
+                "queued": bulkhead.queued,
+                "max_queue": bulkhead.max_queue,
+            }
+        )
+        out["state"] = self.state
+        out["breaker_failure_rate"] = (
+            self.breaker.failure_rate if self.breaker is not None else None
+        )
+        return out
+
     # ------------------------------------------------------------ async call
     def call(
         self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any

@@ -139,21 +139,4 @@ class GuardHandle:
 
     def metrics(self) -> dict[str, Any]:
         """Counters since the guard was created (kept across reloads) and the state."""
-        guard = self.current()
-        out = guard.metrics.snapshot()
-        bulkhead = guard.bulkhead
-        out["queued"] = bulkhead.queued if bulkhead is not None else 0
-        out["bulkhead"] = (
-            None
-            if bulkhead is None
-            else {
-                "active": bulkhead.active,
-                "max_concurrent": bulkhead.max_concurrent,
-                "queued": bulkhead.queued,
-                "max_queue": bulkhead.max_queue,
-            }
-        )
-        out["state"] = guard.state
-        if guard.breaker is not None:
-            out["breaker_failure_rate"] = guard.breaker.failure_rate
-        return out
+        return self.current().snapshot()

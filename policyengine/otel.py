@@ -44,7 +44,6 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 
 if TYPE_CHECKING:
     from ._engine import Engine
-    from ._guard import Guard
 
 __all__ = ["EVENTS", "STATE_VALUES", "Instrumentation", "instrument"]
 
@@ -71,15 +70,6 @@ EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
 }
 
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
-
-
-def _read(guard: Guard) -> dict[str, Any]:
-    out = guard.metrics.snapshot()
-    out["queued"] = guard.bulkhead.queued if guard.bulkhead is not None else 0
-    out["state"] = guard.state
-    # Ended as neither success nor failure: rejected before any attempt ran, or cancelled.
-    out["ignored"] = max(0, out["calls"] - out["in_flight"] - out["successes"] - out["failures"])
-    return out
 
 
 class Instrumentation:
@@ -138,7 +128,7 @@ class Instrumentation:
         if self.closed:
             return
         for name, guard in sorted(self.engine.guards.items()):
-            yield {"guard.name": name}, _read(guard)
+            yield {"guard.name": name}, guard.snapshot()
 
     def _started(self, _: CallbackOptions) -> Iterator[Observation]:
         for attrs, m in self._guards():

@@ -56,7 +56,6 @@ from prometheus_client.metrics_core import Metric
 
 if TYPE_CHECKING:
     from ._engine import Engine
-    from ._guard import Guard
 
 __all__ = ["STATE_VALUES", "PolicyEngineCollector"]
 
@@ -71,16 +70,6 @@ STATE_VALUES: dict[str, int] = {
 
 _REASONS = ("circuit_open", "bulkhead_full", "budget_exhausted")
 _OBSERVED = ("would_reject", "would_retry", "would_timeout")
-
-
-def read_guard(guard: Guard) -> dict[str, Any]:
-    """One consistent reading of a guard: its counters, queue length and state."""
-    out = guard.metrics.snapshot()
-    out["queued"] = guard.bulkhead.queued if guard.bulkhead is not None else 0
-    out["state"] = guard.state
-    # Ended as neither success nor failure: rejected before any attempt ran, or cancelled.
-    out["ignored"] = max(0, out["calls"] - out["in_flight"] - out["successes"] - out["failures"])
-    return out
 
 
 class PolicyEngineCollector:
@@ -111,7 +100,7 @@ class PolicyEngineCollector:
             return by_name[f"{self._prefix}_{name}"]
 
         for name, guard in sorted(engine.guards.items()):
-            m = read_guard(guard)
+            m = guard.snapshot()
             g = [name]
             fam("calls_started").add_metric(g, m["calls"])
             fam("calls").add_metric([name, "success"], m["successes"])
