@@ -222,6 +222,31 @@ async def rejection_us(engine: policyengine.Engine, n: int, repeats: int) -> tup
     )
 
 
+async def peer_rejection_us(n: int, repeats: int) -> float | None:
+    """circuitbreaker (the fastest peer's open rejection), for comparison."""
+    try:
+        from circuitbreaker import CircuitBreakerError, circuit
+    except ImportError:
+        return None
+
+    @circuit(failure_threshold=1, recovery_timeout=3600)
+    async def fails() -> None:
+        raise ConnectionError
+
+    try:
+        await fails()
+    except ConnectionError:
+        pass
+
+    async def rejected() -> None:
+        try:
+            await fails()
+        except CircuitBreakerError:
+            pass
+
+    return await per_call_us(rejected, n, repeats)
+
+
 async def _fail() -> None:
     raise ConnectionError
 
@@ -258,6 +283,9 @@ async def main(quick: bool) -> None:
         f"raise+catch {raise_us:.2f} us; open rejection {reject_us:.2f} us; "
         f"ratio {reject_us / raise_us:.2f}"
     )
+    peer = await peer_rejection_us(n, repeats)
+    if peer is not None:
+        print(f"circuitbreaker open rejection {peer:.2f} us; ours / theirs {reject_us / peer:.2f}")
 
     tasks, each = (1000, 5) if quick else (10000, 10)
     sem = asyncio.Semaphore(100)
