@@ -21,7 +21,9 @@ States and transitions (each one emits exactly one ``state_change`` event, after
   trips (reads ``"closed"``). Removing `force` starts afresh in closed.
 
 Transitions out of open and half_open happen lazily, when `acquire`, `state` or `retry_after`
-reads the clock: the breaker runs no timers.
+reads the clock: the breaker runs no timers. A probe's outcome or release and a `reconfigure`
+apply the due transition first, so nothing depends on whether anyone read the state meanwhile
+(a probe that hung past `half_open_max_wait` is stale when it returns, scraped or not).
 
 Permits: a closed call gets ``generation << 1`` (even), a probe ``probe_id << 1 | 1`` (odd, the
 id is unique and lives only until the next transition), an observe-mode call that enforcement
@@ -170,7 +172,9 @@ class Breaker:
         New thresholds judge the next outcome; a new `open_duration` applies from the next open
         (the current open deadline is kept). A `force` change takes effect at once.
         """
+        now = self._now()
         with self._lock:
+            due = self._refresh(now)  # what fell due under the old options happens first
             old_force, old_shape = self._options.force, self._shape
             self._configure(options)
             result = "kept"
@@ -182,6 +186,8 @@ class Breaker:
                 event = self._apply_force(options.force)
             elif self._state == _HALF_OPEN and self._probe_successes >= self._half_open_calls:
                 event = self._settle_probes()
+        if due is not None:
+            self._emit(due)
         if event is not None:
             self._emit(event)
         return result
@@ -259,8 +265,12 @@ class Breaker:
     def on_release(self, permit: int) -> None:
         """A cancelled or abandoned call: counts nothing; a probe gives its permit back."""
         if permit > 0 and permit & 1:
+            now = self._now()
             with self._lock:
+                event = self._refresh(now)  # a probe that hung too long re-opened it
                 self._probes.pop(permit >> 1, None)
+            if event is not None:
+                self._emit(event)
 
     def _success(self, permit: int, slow: bool) -> Event | None:
         with self._lock:
@@ -271,7 +281,12 @@ class Breaker:
                     return None
                 window.record(False, slow)
                 return self._judge(window)
-            if permit > 0 and permit & 1 and self._probes.pop(permit >> 1, None) is not None:
+            if permit > 0 and permit & 1:
+                due = self._refresh(self._now())
+                if due is not None:
+                    return due  # a due transition ended the probe's period: stale
+                if self._probes.pop(permit >> 1, None) is None:
+                    return None
                 self._probe_successes += 1
                 self._probe_slow += slow
                 if self._probe_successes >= self._half_open_calls:
@@ -290,8 +305,13 @@ class Breaker:
                 if self._consecutive >= self._trip_after:
                     return self._trip("consecutive_failures", self._now())
                 return None if window is None else self._judge(window)
-            if permit > 0 and permit & 1 and self._probes.pop(permit >> 1, None) is not None:
-                return self._reopen("probe_failed", self._now())
+            if permit > 0 and permit & 1:
+                now = self._now()
+                due = self._refresh(now)
+                if due is not None:
+                    return due  # a due transition ended the probe's period: stale
+                if self._probes.pop(permit >> 1, None) is not None:
+                    return self._reopen("probe_failed", now)
             return None
 
     def _judge(self, window: Window) -> Event | None:
