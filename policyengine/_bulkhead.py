@@ -210,7 +210,12 @@ class Bulkhead:
             return
         assert waiter.event is not None
         budget = self._wait_budget(remaining)
-        granted = waiter.event.wait(None if budget is None else max(0.0, budget))
+        try:
+            granted = waiter.event.wait(None if budget is None else max(0.0, budget))
+        except BaseException:  # KeyboardInterrupt while queued: leave the queue cleanly
+            if self._give_up(waiter):
+                self.release()
+            raise
         if not granted and not self._give_up(waiter):
             raise self._full()
 
@@ -241,5 +246,7 @@ class Bulkhead:
                 self._pool._max_workers = max_concurrent
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=False)
+        """Let the pool's threads end; a later call starts a new pool (guards outlive close)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=False)

@@ -338,7 +338,11 @@ class Guard:
         """Run a blocking `fn` in the policy's own pool. The slot is held until the thread
         really finishes, even if the caller stopped waiting (timeout, cancel)."""
         ctx = contextvars.copy_context()
-        future = bulkhead.pool.submit(ctx.run, fn, *args, **kwargs)
+        try:
+            future = bulkhead.pool.submit(ctx.run, fn, *args, **kwargs)
+        except BaseException:  # e.g. the interpreter is shutting down: no thread, no slot
+            bulkhead.release()
+            raise
         future.add_done_callback(lambda _f: bulkhead.release())
         result = await asyncio.wrap_future(future, loop=loop)
         if asyncio.iscoroutine(result):

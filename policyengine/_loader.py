@@ -280,7 +280,12 @@ def _hash(*parts: str) -> str:
 
 def load_text(text: str, source: str = "<string>", *, strict: bool = False) -> PolicySet:
     """Validate a TOML document; PolicyValidationError lists every problem."""
-    return _build([(source, text)], [], _hash(text), strict)
+    return _build([(source, text.removeprefix("\ufeff"))], [], _hash(text), strict)
+
+
+def _read(path: Path) -> str:
+    """The file's text; a UTF-8 byte order mark (some Windows editors write one) is dropped."""
+    return path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")
 
 
 def load_path(path: str | os.PathLike[str], *, strict: bool = False) -> PolicySet:
@@ -300,9 +305,20 @@ def load_path(path: str | os.PathLike[str], *, strict: bool = False) -> PolicySe
     issues: list[PolicyIssue] = []
     for f in files:
         try:
-            texts.append((str(f), f.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
+            texts.append((str(f), _read(f)))
+        except OSError as exc:
             issues.append(PolicyIssue(str(f), None, "", f"cannot read the file: {exc}"))
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            issues.append(
+                PolicyIssue(
+                    str(f),
+                    line,
+                    "",
+                    f"the file is not UTF-8 text (byte {exc.object[exc.start]:#04x} on this "
+                    "line): TOML files are UTF-8; save it as UTF-8",
+                )
+            )
     if p.is_dir():
         version = _hash(*(part for name, text in texts for part in (Path(name).name, text)))
     else:

@@ -140,11 +140,15 @@ class BreakerOptions(FrozenModel):
         default="count", description="Window of the rate rules: last N calls, or a time span."
     )
     window_size: int = Field(
-        default=100, ge=1, strict=True, description='Calls, for window = "count".'
+        default=100,
+        ge=1,
+        le=100_000,
+        strict=True,
+        description='Calls, for window = "count" (the window keeps one slot per call).',
     )
     window_duration: Duration = Field(default=60.0, description='For window = "time".')
     minimum_calls: int = Field(
-        default=20, ge=1, strict=True, description="No rate judged below this."
+        default=20, ge=1, le=100_000_000, strict=True, description="No rate judged below this."
     )
     failure_rate: Ratio | None = Field(default=None, description="Trip at this failure ratio.")
     slow_call_duration: Duration | None = Field(default=None, description="A slower call is slow.")

@@ -73,11 +73,13 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
             if bulkhead is not None:
                 try:
                     bulkhead.acquire_sync(None if deadline is None else deadline - time.monotonic())
-                except BulkheadFullError:
+                except BaseException as exc:
                     if breaker is not None:
                         breaker.on_release(permit)
-                    m.bulkhead_full += 1
-                    guard._emit(Event("rejected", guard.name, {"reason": "bulkhead_full"}))
+                    if isinstance(exc, BulkheadFullError):
+                        m.bulkhead_full += 1
+                        if guard._emit.hot:
+                            guard._emit(Event("rejected", guard.name, {"reason": "bulkhead_full"}))
                     raise
             started = clock.now()
             a0 = time.monotonic()

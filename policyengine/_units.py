@@ -6,6 +6,7 @@ serialise back to the canonical string form for `explain --format toml` and the 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -13,6 +14,8 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 __all__ = ["Duration", "Ratio", "format_duration", "parse_duration", "parse_ratio"]
 
+MAX_DURATION = 365 * 86400.0
+"""No timeout, delay or window is longer than a year; longer is a typo, and inf breaks math."""
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 _PART = r"(\d+(?:\.\d+)?)(ms|us|µs|s|m|h|d)"
 _PART_RE = re.compile(_PART)
@@ -26,6 +29,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f'a duration is a string with a unit such as "2s", not {value!r}')
     if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f'a duration is a string with a unit such as "2s", not {value!r}')
         hint = _number_hint(value)
         raise ValueError(f'a duration needs a unit: write "{hint}" instead of {value!r}')
     if not isinstance(value, str):
@@ -36,7 +41,11 @@ def parse_duration(value: object) -> float:
             f"{value!r} is not a duration: use a number and a unit (ms, s, m, h, d), "
             'as in "250ms", "2s", "1m30s"'
         )
-    return sum(float(num) * _UNITS[unit] for num, unit in _PART_RE.findall(text))
+    seconds = sum(float(num) * _UNITS[unit] for num, unit in _PART_RE.findall(text))
+    if not seconds <= MAX_DURATION:  # also catches a float that overflowed to infinity
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise ValueError(f"{shown!r} is too long: a duration may be at most 365d")
+    return seconds
 
 
 def _number_hint(value: float) -> str:

@@ -220,10 +220,12 @@ def test_extends_across_files_reports_the_template_file(tmp_path: Path) -> None:
     )
 
 
-def test_unreadable_file_is_reported(tmp_path: Path) -> None:
-    (tmp_path / "bad.toml").write_bytes(b"\xff\xfe mode")
-    with pytest.raises(PolicyValidationError, match="cannot read the file"):
+def test_a_file_that_is_not_utf8_is_reported_at_its_first_bad_byte(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_bytes(b"[policies.a]\nmode = 'x' # caf\xe9\n")
+    with pytest.raises(PolicyValidationError, match="not UTF-8 text") as info:
         load_path(tmp_path / "bad.toml")
+    [issue] = info.value.errors
+    assert issue.line == 2
 
 
 # -- the line scanner -------------------------------------------------------------------------

@@ -548,12 +548,6 @@ def interrupt_main_thread() -> Iterator[Callable[[Callable[[], bool]], threading
     signal.signal(signal.SIGUSR1, previous)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (not fixed here: _bulkhead.py, _sync.py): an interrupt while call_sync waits "
-    "in the bulkhead queue leaves its waiter queued (a later release grants it a slot nobody "
-    "frees) and never returns the breaker's probe permit",
-)
 def test_an_interrupt_while_queued_in_call_sync_leaks_nothing(
     make_engine: MakeEngine,
     clock: FakeClock,
@@ -582,25 +576,33 @@ def test_an_interrupt_while_queued_in_call_sync_leaks_nothing(
         handle.call_sync(lambda: "never runs")
     hold.set()
     holder.join(30)
-    assert (bulkhead.active, bulkhead.queued) == (0, 0)  # today: active stays 1
-    assert breaker.snapshot()["probes_in_flight"] == 0  # today: 1, half-open for ever
+    assert (bulkhead.active, bulkhead.queued) == (0, 0)
+    assert breaker.snapshot()["probes_in_flight"] == 0
     assert handle.call_sync(lambda: "ok") == "ok"
     assert handle.state == "closed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG (not fixed here: _guard.py): after engine.close() a kind = "threads" guard '
-    "raises RuntimeError (its pool is shut down) and leaks a bulkhead slot per call, because "
-    "the slot is only released by the future's done callback, which a failed submit never adds",
-)
-async def test_a_failed_thread_submit_returns_the_slot(make_engine: MakeEngine) -> None:
+async def test_a_threads_guard_keeps_working_after_close_and_leaks_no_slot(
+    make_engine: MakeEngine,
+) -> None:
     engine = make_engine(bulkhead_policy(2, 0, kind="threads"))
     handle = engine.guard("api")
     bulkhead = handle.current().bulkhead
     assert bulkhead is not None
-    engine.close()  # "stops watching": the guards are still there
+    engine.close()  # "stops watching": the guards are still there, and so is a pool
     for _ in range(3):
-        with pytest.raises(RuntimeError):
-            await handle.call(lambda: "x")  # type: ignore[arg-type,return-value]
-    assert bulkhead.active == 0  # today: 2, and every later call is BulkheadFullError
+        assert await handle.call(lambda: "x") == "x"  # type: ignore[arg-type,return-value]
+    assert bulkhead.active == 0
+    bulkhead.close()
+    bulkhead._pool = _BrokenPool()  # a pool that refuses work: the slot still comes back
+    with pytest.raises(RuntimeError):
+        await handle.call(lambda: "x")  # type: ignore[arg-type,return-value]
+    assert bulkhead.active == 0
+
+
+class _BrokenPool:
+    def submit(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def shutdown(self, *args: object, **kwargs: object) -> None:
+        pass

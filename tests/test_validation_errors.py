@@ -6,10 +6,11 @@ Lines are 1-based and counted in the dedented text of each test.
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from policyengine._loader import load_text
+from policyengine._loader import load_path, load_text
 from policyengine.exceptions import PolicyValidationError
 
 Problem = tuple[str, int | None, str]
@@ -539,3 +540,20 @@ def test_a_broken_extends_does_not_hide_the_policys_own_errors() -> None:
     paths = [(path, line) for path, line, _ in found]
     # the missing max_concurrent may come from the parent that could not be found: not reported
     assert paths == [("policies.p.extends", 2), ("policies.p.retry.jiter", 4)]
+
+
+def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_bytes(b"\xef\xbb\xbf[policies.api.retry]\nmax_attempts = 1\n")
+    assert list(load_path(path).policies) == ["api"]
+    assert list(load_text("\ufeff[policies.api.retry]\nmax_attempts = 1\n").policies) == ["api"]
+
+
+def test_an_infinite_or_absurd_duration_is_an_error_not_a_crash() -> None:
+    assert only("[policies.p.retry]\ninitial_delay = inf\n")[:2] == (
+        "policies.p.retry.initial_delay",
+        2,
+    )
+    path, line, message = only('[policies.p.timeout]\ntotal = "400d"\n')
+    assert (path, line) == ("policies.p.timeout.total", 2)
+    assert "at most 365d" in message
