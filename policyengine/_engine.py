@@ -8,6 +8,7 @@ call, so they stay valid across reloads. A reload that fails keeps everything as
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -56,6 +57,8 @@ class Engine:
         self._last_error: str | None = None
         self._changes: dict[str, str] = {}
         self._policy_set = policy_set
+        # [state] is read once: a reload that changes it is reported, applied on restart.
+        self._state_options = policy_set.state
         self._state_backend = self._make_state_backend(policy_set.state)
         self.apply(policy_set, initial=True)
 
@@ -144,6 +147,12 @@ class Engine:
                 self._emit(Event("policy_removed", name, {"note": "handles keep the last policy"}))
             data = {"version": policy_set.version, "previous": previous, "changes": changes}
             self._emit(Event("reload", "*", data))
+            if policy_set.state != self._state_options:
+                logging.getLogger("policyengine").warning(
+                    "[state] changed in %s: the state backend is set up at start, so this "
+                    "change applies when the process restarts",
+                    ", ".join(policy_set.sources),
+                )
         return compiled.changes
 
     def reload(self, *, settle: float = 0.0) -> bool:
@@ -214,6 +223,12 @@ class Engine:
             "policies": dict(self._changes),
             "removed": sorted(self._removed),
             "warnings": [str(w) for w in ps.warnings],
+            "state": (
+                {"backend": "memory"}
+                if self._state_backend is None
+                else self._state_backend.status()
+            ),
+            "state_pending_restart": ps.state != self._state_options,
         }
 
     # ------------------------------------------------------------ lifecycle

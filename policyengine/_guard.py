@@ -133,9 +133,10 @@ class Guard:
             }
         )
         out["state"] = self.state
-        out["breaker_failure_rate"] = (
-            self.breaker.failure_rate if self.breaker is not None else None
-        )
+        breaker = self.breaker
+        out["breaker_failure_rate"] = breaker.failure_rate if breaker is not None else None
+        # a shared breaker that lost its store and runs on this process's own state
+        out["degraded"] = bool(getattr(breaker, "degraded", False))
         return out
 
     # ------------------------------------------------------------ async call

@@ -493,3 +493,19 @@ def test_a_new_window_shape_is_reported_as_kept_state_with_a_new_window(clock: F
         assert engine.status()["policies"]["api"] == "kept state"
     finally:
         engine.close()
+
+
+def test_a_state_section_change_is_reported_for_restart(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = "[policies.api.retry]\nmax_attempts = 1\n"
+    engine = policyengine.loads(text, clock=clock, default=False)
+    try:
+        assert engine.status()["state"] == {"backend": "memory"}
+        assert engine.status()["state_pending_restart"] is False
+        with caplog.at_level(logging.WARNING, logger="policyengine"):
+            engine.apply(load_text('[state]\nprefix = "other"\n' + text))
+        assert engine.status()["state_pending_restart"] is True
+        assert "applies when the process restarts" in caplog.text
+    finally:
+        engine.close()

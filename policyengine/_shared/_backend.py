@@ -1,0 +1,325 @@
+"""The Redis state backend: a daemon thread running an asyncio loop that owns all Redis I/O.
+
+Guards never wait on Redis on the closed path: breakers decide from their cached state and hand
+outcome batches to this loop, which every `FLUSH_EVERY` seconds (at once after a failure) runs the
+``report`` script for each breaker with something to report and adopts the state it returns.
+A pub/sub listener on ``{prefix}:events`` applies other processes' transitions within a round trip.
+The only synchronous round trip is a half-open probe lease, bounded by ``[state] timeout``.
+
+Failures: every command has the ``[state] timeout`` and redis-py's retries are off, so a counting
+script is never re-run (a batch whose reply was lost is dropped, never sent twice). The first
+failure marks the backend degraded and every shared breaker falls back to `on_error`; a PING every
+`RECOVER_EVERY` seconds looks for the store, and once it answers each breaker reconverges (a local
+open state is published, otherwise Redis wins) before it goes back to shared mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from .._breaker import Breaker
+from .._clock import Clock
+from .._events import Event
+from .._models import Policy, StateOptions
+from ._cached_breaker import CachedBreaker
+from ._listener import listen
+from ._scripts import LUA, LUA_SHA, Arg
+from ._shared_breaker import SharedBreaker
+from ._wire import Reply, make_client, redact
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger("policyengine")
+
+FLUSH_EVERY = 0.05  # outcome batches go out at least this often
+MIN_GAP = 0.005  # and at most this often (a failure asks for an early flush)
+RECOVER_EVERY = 0.25  # while degraded: how often the store is tried again
+RESYNC_EVERY = 5.0  # re-read every breaker this often, in case a pub/sub message was lost
+
+
+class RedisBackend:
+    """Shared breaker state in Redis for one engine. See the module docstring."""
+
+    def __init__(self, state: StateOptions, clock: Clock, emit: Callable[[Event], None]) -> None:
+        self.options = state
+        self.timeout = state.timeout
+        self.on_error = state.on_error
+        self.prefix = state.prefix
+        self.channel = f"{state.prefix}:events"
+        self._clock = clock
+        self._emit = emit
+        # wire name -> breaker; a breaker dropped by a reload (no longer `shared`) goes away
+        self._breakers: weakref.WeakValueDictionary[str, SharedBreaker]
+        self._breakers = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+        self._degraded = False
+        self._degraded_since: float | None = None
+        self._connected = False
+        self._closing = False
+        self._resync_at = 0.0
+        self._retry_at = 0.0
+        self.errors = 0
+        self.dropped_batches = 0
+        self.last_error: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._op_locks: dict[str, asyncio.Lock] = {}  # loop thread only
+        self._client = make_client(state.url, state.timeout, state.timeout)
+        self.subscriber = make_client(state.url, None, state.timeout)  # blocks on pub/sub reads
+        self._loop = asyncio.new_event_loop()
+        self._wake = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="policyengine-redis", daemon=True)
+
+    # -- the engine's side ---------------------------------------------------------------------
+
+    def breaker_factory(
+        self, name: str, policy: Policy, clock: Clock, emit: Callable[[Event], None]
+    ) -> Breaker:
+        """A plain `Breaker`, or a `SharedBreaker` when the policy's breaker is `shared`."""
+        options = policy.breaker
+        assert options is not None
+        observe = policy.mode == "observe"
+        if not options.shared:
+            return Breaker(name, options, clock, emit, observe=observe)
+        breaker = SharedBreaker(name, options, clock, emit, self, self.prefix, observe=observe)
+        with self._lock:
+            self._breakers[breaker.wire] = breaker
+            if not self._thread.is_alive() and not self._closing:
+                self._thread.start()  # on the first shared breaker: none, no thread
+        if self._degraded:
+            breaker.degrade(self.on_error)
+        self.wake()
+        return breaker
+
+    def status(self) -> dict[str, Any]:
+        """For `engine.status()["state"]`: where the state lives and whether it is reachable."""
+        since = self._degraded_since
+        breakers = list(self._breakers.values())
+        # from the moment a breaker falls back until every breaker has reconverged
+        degraded = any(b.degraded for b in breakers) if breakers else self._degraded
+        return {
+            "backend": "redis",
+            "url": redact(self.options.url),
+            "prefix": self.prefix,
+            "on_error": self.on_error,
+            "timeout": self.timeout,
+            "connected": self._connected and not degraded,
+            "degraded": degraded,
+            "degraded_for": None if since is None else round(time.monotonic() - since, 3),
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "dropped_batches": self.dropped_batches,
+            "shared_breakers": sorted(b.name for b in breakers),
+        }
+
+    def close(self) -> None:
+        """Flush what is pending (bounded by the timeout), stop the loop; breakers go local."""
+        if self._closing:
+            return
+        with self._lock:
+            self._closing = True
+        self.wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(self.timeout * 4 + 1.0)
+        for breaker in list(self._breakers.values()):
+            breaker.detach()
+
+    # -- the breakers' side (any thread) -------------------------------------------------------
+
+    def breaker(self, wire: str) -> CachedBreaker | None:
+        return self._breakers.get(wire)
+
+    def resync_soon(self) -> None:
+        """Re-read every breaker at the next tick (pub/sub messages may have been missed)."""
+        self._resync_at = 0.0
+        self.wake()
+
+    def wake(self) -> None:
+        """Flush soon (a failure was counted, or a breaker needs syncing)."""
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed
+            pass
+
+    def lease(self, breaker: CachedBreaker) -> Reply | None:
+        """Ask for a probe lease, waiting at most `timeout`. None: the store failed (degraded)."""
+        if self._closing or threading.current_thread() is self._thread:
+            return None
+        coro = self._op(breaker, "probe", ())
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            self.fail(TimeoutError(f"no probe lease within {self.timeout}s"))
+        except Exception:  # already recorded by _op
+            pass
+        return None
+
+    def submit(self, breaker: CachedBreaker, op: str, args: tuple[Arg, ...]) -> None:
+        """Run one script for `breaker` without waiting (probe outcomes, forced states)."""
+        if self._closing:
+            return
+
+        def start() -> None:
+            task = self._loop.create_task(self._apply(breaker, op, args))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        try:
+            self._loop.call_soon_threadsafe(start)
+        except RuntimeError:
+            pass
+
+    def fail(self, exc: BaseException) -> None:
+        """Record a store failure; the first one degrades every shared breaker."""
+        with self._lock:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            first = not self._degraded
+            self._degraded = True
+            if first:
+                self._degraded_since = time.monotonic()
+                self._retry_at = time.monotonic() + RECOVER_EVERY
+        if not first:
+            return
+        logger.warning(
+            "policyengine: shared state store unreachable (%s); breakers fall back to %r",
+            self.last_error,
+            self.on_error,
+        )
+        for breaker in list(self._breakers.values()):
+            breaker.degrade(self.on_error)
+        self._emit(
+            Event("store_degraded", "*", {"error": self.last_error, "on_error": self.on_error})
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    def _restart_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        self._listener = asyncio.get_running_loop().create_task(listen(self))
+
+    async def _main(self) -> None:
+        self._restart_listener()
+        last = 0.0
+        try:
+            while not self._closing:
+                try:
+                    async with asyncio.timeout(FLUSH_EVERY):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                gap = last + MIN_GAP - time.monotonic()
+                if gap > 0 and not self._closing:
+                    await asyncio.sleep(gap)
+                self._wake.clear()
+                last = time.monotonic()
+                await self._tick()
+            if not self._degraded:
+                await self._tick()  # the last batches
+        finally:
+            tasks = [*self._tasks, *([self._listener] if self._listener else [])]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._client.aclose()
+            await self.subscriber.aclose()
+
+    async def _tick(self) -> None:
+        if self._degraded and (time.monotonic() < self._retry_at or not await self._recover()):
+            return
+        now = time.monotonic()
+        resync = now >= self._resync_at
+        if resync:
+            self._resync_at = now + RESYNC_EVERY
+        jobs: list[Coroutine[Any, Any, None]] = []
+        for breaker in list(self._breakers.values()):
+            if not breaker.remote:
+                jobs.append(self._apply(breaker, "sync", ()))
+                continue
+            batch = breaker.take_batch()
+            if batch is not None:
+                jobs.append(self._apply(breaker, "report", batch[1], seen=batch[0]))
+            if resync:  # a full read (or a forced state renewed)
+                jobs.append(self._apply(breaker, "sync", ()))
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    async def _recover(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._client.ping()
+                await self._client.script_load(LUA)
+        except Exception as exc:
+            self.fail(exc)
+            self._retry_at = time.monotonic() + RECOVER_EVERY
+            return False
+        with self._lock:
+            since, self._degraded, self._degraded_since = self._degraded_since, False, None
+        after = 0.0 if since is None else time.monotonic() - since
+        logger.warning("policyengine: shared state store is back after %.2fs", after)
+        self._restart_listener()  # its connection may be dead without knowing it
+        self._emit(Event("store_recovered", "*", {"after": round(after, 3)}))
+        return True
+
+    async def _apply(
+        self,
+        breaker: CachedBreaker,
+        op: str,
+        args: tuple[Arg, ...],
+        *,
+        seen: int | None = None,
+    ) -> None:
+        try:
+            reply = await self._op(breaker, op, args, seen)
+        except Exception:
+            if op == "report" and any(args):
+                self.dropped_batches += 1
+            return
+        breaker.adopt(reply, sync=op == "sync" and not self._degraded)
+
+    async def _op(
+        self, breaker: CachedBreaker, op: str, args: tuple[Arg, ...], seen: int | None = None
+    ) -> Reply:
+        """One script call, never retried (a NOSCRIPT reply means it did not run: EVAL it).
+
+        One breaker's calls run one at a time, in order; ``sync`` (publish a force or a local
+        trip, else read) is decided when it runs, so it always carries the latest settings.
+        """
+        lock = self._op_locks.get(breaker.wire)
+        if lock is None:
+            lock = self._op_locks[breaker.wire] = asyncio.Lock()
+        async with lock:
+            if op == "sync":
+                op, args = breaker.reconverge_op()
+            head: tuple[Arg, ...] = (op, self.channel, breaker.wire)
+            argv = (*head, breaker.rgen if seen is None else seen, *breaker.args, *args)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    try:
+                        raw = await self._client.evalsha(LUA_SHA, 1, breaker.key, *argv)
+                    except NoScriptError:
+                        raw = await self._client.eval(LUA, 1, breaker.key, *argv)
+            except Exception as exc:
+                self.fail(exc)
+                raise
+        self._connected = True
+        return Reply.parse(raw)

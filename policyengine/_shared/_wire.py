@@ -1,0 +1,72 @@
+"""What goes over the wire: the Redis client settings, script replies and pub/sub messages."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+__all__ = ["Reply", "make_client", "parse_message", "redact"]
+
+
+class Reply(NamedTuple):
+    """What every script call returns: the breaker's state in Redis after the operation."""
+
+    state: str
+    gen: int
+    remaining: float  # seconds left open
+    reopens: int
+    lease: int  # a granted probe lease, or 0
+    wait: float  # seconds until the oldest lease expires (a denied probe)
+    consecutive: int
+    calls: int
+    failures: int
+    slow: int
+    reason: str  # why the state moved, or ""
+    epoch: int  # when the key was created: generations compare within one epoch only
+
+    @classmethod
+    def parse(cls, raw: list[Any]) -> Reply:
+        st, gen, left, reopens, lease, wait, consec, calls, fails, slow, why, ep = raw[:12]
+        return cls(
+            str(st), int(gen), int(left) / 1000, int(reopens), int(lease), int(wait) / 1000,
+            int(consec), int(calls), int(fails), int(slow), str(why), int(ep),
+        )  # fmt: skip
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def make_client(url: str, timeout: float | None, connect_timeout: float) -> aredis.Redis:
+    """A client with explicit timeouts and no retries: a failed command is never re-sent."""
+    return aredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        retry_on_error=[],
+        health_check_interval=0,
+        decode_responses=True,
+        protocol=2,
+    )
+
+
+def parse_message(data: str) -> tuple[str, Reply] | None:
+    """A published transition: ``name, state, gen, remaining_ms, reopens, reason, epoch``."""
+    parts = data.split("\t")
+    if len(parts) != 7:
+        return None
+    name, state, gen, left, reopens, reason, epoch = parts
+    reply = Reply(
+        state, int(gen), int(left) / 1000, int(reopens), 0, 0.0, 0, 0, 0, 0, reason, int(epoch)
+    )
+    return name, reply
