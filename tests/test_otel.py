@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from scripted import ok, script
 
 import policyengine
 from policyengine import Engine
@@ -40,44 +41,6 @@ force = "open"
 """
 
 P = "resilience.policyengine"
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def value_error() -> str:
-    raise ValueError("bad request")
-
-
-async def connection_error() -> str:
-    raise ConnectionError("refused")
-
-
-class FailOnce:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.calls == 1:
-            raise ConnectionError("refused once")
-        return "ok"
-
-
-async def script(engine: Engine) -> None:
-    """2 successes, 3 failures (the last trips the breaker), 2 retries, 1 rejection + fallback."""
-    api = engine.guard("api")
-    assert await api.call(ok) == "ok"
-    with pytest.raises(ValueError):
-        await api.call(value_error)
-    assert await api.call(FailOnce()) == "ok"
-    with pytest.raises(ConnectionError):
-        await api.call(connection_error)
-    with pytest.raises(ValueError):
-        await api.call(value_error)
-    assert api.state == "open"
-    assert await api.call(ok) == "cached"
 
 
 Points = dict[tuple[str, frozenset[tuple[str, Any]]], float]
