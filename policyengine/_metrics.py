@@ -10,7 +10,16 @@ import threading
 from bisect import bisect_left
 from typing import Any
 
-__all__ = ["DURATION_BUCKETS", "GuardMetrics"]
+__all__ = ["DURATION_BUCKETS", "STATE_VALUES", "GuardMetrics"]
+
+STATE_VALUES: dict[str, int] = {
+    "closed": 0,
+    "open": 1,
+    "half_open": 2,
+    "forced_open": 3,
+    "disabled": 4,
+}
+"""A guard's state as a number, for gauges (Prometheus, OpenTelemetry): 0 closed ... 4 disabled."""
 
 # Upper bounds (seconds) of the call-duration histogram; the last bucket is +Inf.
 DURATION_BUCKETS: tuple[float, ...] = (

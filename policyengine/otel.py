@@ -42,19 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
 
+from ._metrics import STATE_VALUES
+
 if TYPE_CHECKING:
     from ._engine import Engine
 
 __all__ = ["EVENTS", "STATE_VALUES", "Instrumentation", "instrument"]
 
-STATE_VALUES: dict[str, int] = {
-    "closed": 0,
-    "open": 1,
-    "half_open": 2,
-    "forced_open": 3,
-    "disabled": 4,
-}
-"""The value of ``resilience.policyengine.breaker.state`` for each `GuardHandle.state`."""
 
 # event.name -> (severity, how to read it from a metrics snapshot)
 EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {

@@ -54,19 +54,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.metrics_core import Metric
 
+from ._metrics import STATE_VALUES
+
 if TYPE_CHECKING:
     from ._engine import Engine
 
 __all__ = ["STATE_VALUES", "PolicyEngineCollector"]
 
-STATE_VALUES: dict[str, int] = {
-    "closed": 0,
-    "open": 1,
-    "half_open": 2,
-    "forced_open": 3,
-    "disabled": 4,
-}
-"""The value of ``policyengine_breaker_state`` for each `GuardHandle.state`."""
 
 _REASONS = ("circuit_open", "bulkhead_full", "budget_exhausted")
 _OBSERVED = ("would_reject", "would_retry", "would_timeout")
