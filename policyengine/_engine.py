@@ -127,8 +127,12 @@ class Engine:
             compiled = compile_guards(
                 policy_set.policies, carried, self.clock, self.listeners, **kwargs
             )
-            for commit in compiled.commits:
-                commit()
+            self.listeners.hold()  # a forced state's transition is told after the reload
+            try:
+                for commit in compiled.commits:
+                    commit()
+            finally:
+                deferred = self.listeners.release()
             removed = {n: g for n, g in self._guards.items() if n not in compiled.guards}
             for name in compiled.guards:
                 self._removed.pop(name, None)
@@ -147,12 +151,14 @@ class Engine:
                 self._emit(Event("policy_removed", name, {"note": "handles keep the last policy"}))
             data = {"version": policy_set.version, "previous": previous, "changes": changes}
             self._emit(Event("reload", "*", data))
-            if policy_set.state != self._state_options:
-                logging.getLogger("policyengine").warning(
-                    "[state] changed in %s: the state backend is set up at start, so this "
-                    "change applies when the process restarts",
-                    ", ".join(policy_set.sources),
-                )
+        for event in deferred:
+            self._emit(event)
+        if not initial and policy_set.state != self._state_options:
+            logging.getLogger("policyengine").warning(
+                "[state] changed in %s: the state backend is set up at start, so this "
+                "change applies when the process restarts",
+                ", ".join(policy_set.sources),
+            )
         return compiled.changes
 
     def reload(self, *, settle: float = 0.0) -> bool:

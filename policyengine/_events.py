@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,14 +161,18 @@ class Listeners:
     """A list of listeners; a listener that raises is logged and never breaks a call.
 
     `hot` is False while only the default log listener is installed: guards then skip building
-    events for rejections, which the log listener ignores anyway.
+    events for rejections, which the log listener ignores anyway. `hold()` ... `release()` defers
+    the events one thread emits (a reload's breaker transitions) so that the cause (`reload`)
+    can be told first.
     """
 
-    __slots__ = ("_items", "hot")
+    __slots__ = ("_held", "_holder", "_items", "hot")
 
     def __init__(self) -> None:
         self._items: tuple[Listener, ...] = (log_listener,)
         self.hot = False
+        self._held: list[Event] | None = None
+        self._holder = 0
 
     def add(self, listener: Listener) -> None:
         self._items = (*self._items, listener)
@@ -177,7 +182,21 @@ class Listeners:
         self._items = tuple(x for x in self._items if x is not listener)
         self.hot = any(x is not log_listener for x in self._items)
 
+    def hold(self) -> None:
+        """Defer this thread's events until `release` (callers serialise holds)."""
+        self._holder = threading.get_ident()
+        self._held = []
+
+    def release(self) -> list[Event]:
+        """Stop deferring; the deferred events, for the caller to emit in its own order."""
+        held, self._held = self._held or [], None
+        return held
+
     def __call__(self, event: Event) -> None:
+        held = self._held
+        if held is not None and self._holder == threading.get_ident():
+            held.append(event)
+            return
         for listener in self._items:
             try:
                 listener(event)

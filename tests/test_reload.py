@@ -509,3 +509,17 @@ def test_a_state_section_change_is_reported_for_restart(
         assert "applies when the process restarts" in caplog.text
     finally:
         engine.close()
+
+
+def test_a_forced_state_is_told_after_the_reload_that_caused_it(clock: FakeClock) -> None:
+    text = "[policies.api.breaker]\nconsecutive_failures = 3\n"
+    engine = policyengine.loads(text, clock=clock, default=False)
+    seen: list[Event] = []
+    engine.add_listener(seen.append)
+    try:
+        engine.apply(load_text(text + 'force = "open"\n'))
+        assert [e.name for e in seen] == ["reload", "state_change"]
+        assert seen[1].data["to"] == "forced_open"
+        assert engine.guard("api").state == "forced_open"
+    finally:
+        engine.close()
