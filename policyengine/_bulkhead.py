@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ._timeout import Deadline
 from .exceptions import BulkheadFullError
 
 __all__ = ["Bulkhead"]
@@ -108,6 +106,30 @@ class Bulkhead:
                 return True
             return False
 
+    def enter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None] | None:
+        """Take a slot (None), or join the queue: the future resolves when a slot is handed
+        over. Raises BulkheadFullError when the queue is full. One lock, no coroutine: the
+        guard awaits the future itself when no deadline bounds the wait (see `leave_queue`)."""
+        with self._lock:
+            if self.active < self.max_concurrent and not self._waiters:
+                self.active += 1
+                return None
+            if len(self._waiters) >= self.max_queue:
+                raise self._full()
+            waiter = _Waiter(loop.create_future(), loop)
+            self._waiters.append(waiter)
+            return waiter.future
+
+    def leave_queue(self, future: asyncio.Future[None]) -> None:
+        """A caller stops waiting on `future` (cancelled): hand on a slot granted meanwhile."""
+        with self._lock:
+            for waiter in self._waiters:
+                if waiter.future is future:
+                    waiter.state = _GONE
+                    self._waiters.remove(waiter)
+                    return
+        self.release()  # no longer queued, so it was granted: pass the slot on
+
     def _full(self) -> BulkheadFullError:
         return BulkheadFullError(self.name, self.max_concurrent, self.max_queue)
 
@@ -141,63 +163,6 @@ class Bulkhead:
         if remaining is None:
             return self.max_wait
         return min(self.max_wait, remaining)
-
-    async def acquire(
-        self,
-        remaining: float | None = None,
-        *,
-        tried: bool = False,
-        timer: Callable[[float], Deadline] | None = None,
-    ) -> None:
-        """Wait for a slot for at most min(max_wait, remaining) seconds of real time.
-
-        `tried`: the caller just failed `try_acquire`, so go straight to the queue. `timer`
-        arms a deadline at a loop time (a guard's deadline queue); without it, `asyncio.timeout`.
-        """
-        if not tried and self.try_acquire():
-            return
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), loop)
-        if not self._enqueue(waiter):
-            raise self._full()
-        if waiter.state == _GRANTED:
-            return
-        budget = self._wait_budget(remaining)
-        future = waiter.future
-        assert future is not None
-        if budget is not None and timer is not None:
-            deadline = timer(loop.time() + max(budget, 0.0))
-            try:
-                await future
-            except asyncio.CancelledError:
-                if deadline.expired():
-                    if self._give_up(waiter):
-                        return  # granted just as the wait ran out: keep the slot
-                    raise self._full() from None
-                if self._give_up(waiter):
-                    self.release()
-                raise
-            except BaseException:
-                deadline.disarm()
-                if self._give_up(waiter):
-                    self.release()
-                raise
-            deadline.disarm()
-            return
-        try:
-            if budget is None:
-                await future
-            else:
-                async with asyncio.timeout(budget if budget > 0 else 0):
-                    await future
-        except TimeoutError:
-            if self._give_up(waiter):
-                return  # granted just as the wait ran out: keep the slot
-            raise self._full() from None
-        except BaseException:
-            if self._give_up(waiter):
-                self.release()  # cancelled after the grant: hand the slot on
-            raise
 
     def acquire_sync(self, remaining: float | None = None) -> None:
         """The blocking twin of `acquire`, for threads."""

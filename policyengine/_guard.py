@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,6 +46,7 @@ class Guard:
 
     __slots__ = (
         "_attempt",
+        "_bounded_wait",
         "_budget",
         "_clock",
         "_emit",
@@ -98,6 +98,11 @@ class Guard:
         self._total = timeout.total if timeout is not None else None
         self._attempt = timeout.attempt if timeout is not None else None
         self._threaded = bulkhead is not None and bulkhead.kind == "threads"
+        # a bulkhead wait bounded by max_wait or the total deadline needs a timer
+        self._bounded_wait = bulkhead is not None and (
+            (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
+            or self._total is not None
+        )
         self._queue: DeadlineQueue | None = None
         self._wait_queue: DeadlineQueue | None = None
         # What `call` runs, chosen once: no mode or fallback test per call.
@@ -230,12 +235,23 @@ class Guard:
                 n += 1
                 if n > 1 and breaker is not None:
                     permit = self._admit(breaker)
-                if bulkhead is not None and not bulkhead.try_acquire():
+                if bulkhead is not None:
                     try:
-                        await self._queue_for(bulkhead, loop, deadline)
-                    except BaseException:
+                        slot = bulkhead.enter(loop)
+                        if slot is not None:
+                            if self._bounded_wait:
+                                await self._wait_slot(bulkhead, slot, loop, deadline)
+                            else:  # unbounded: await the queue's future right here
+                                try:
+                                    await slot
+                                except BaseException:
+                                    bulkhead.leave_queue(slot)
+                                    raise
+                    except BaseException as exc:
                         if breaker is not None:
                             breaker.on_release(permit)
+                        if isinstance(exc, BulkheadFullError):
+                            self._count_full()
                         raise
                 when = deadline
                 if per_attempt is not None:
@@ -309,24 +325,55 @@ class Guard:
                 self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
             raise
 
-    async def _queue_for(
-        self, bulkhead: Bulkhead, loop: asyncio.AbstractEventLoop, deadline: float | None
+    async def _wait_slot(
+        self,
+        bulkhead: Bulkhead,
+        slot: asyncio.Future[None],
+        loop: asyncio.AbstractEventLoop,
+        deadline: float | None,
     ) -> None:
-        remaining = None if deadline is None else deadline - loop.time()
+        """Wait in the bulkhead's queue for at most `max_wait` and until the total deadline.
+
+        Raises BulkheadFullError when `max_wait` runs out, GuardTimeoutError (total) when the
+        deadline does; a slot granted in that very moment is passed on, never kept or lost."""
+        limit = bulkhead.max_wait
+        when = deadline
+        if limit is not None:
+            end = loop.time() + limit
+            if when is None or end < when:
+                when = end
         task = _current_task(loop)
-        timer = None
-        if task is not None:
-            timer = functools.partial(self._wait_deadline, loop, task)
+        if when is None or task is None:
+            try:
+                await slot
+            except BaseException:
+                bulkhead.leave_queue(slot)
+                raise
+            return
+        timer = self._wait_deadline(loop, task, when)
         try:
-            await bulkhead.acquire(remaining, tried=True, timer=timer)
-        except BulkheadFullError:
-            if deadline is not None and loop.time() >= deadline:
+            await slot
+        except asyncio.CancelledError:
+            expired = timer.expired()
+            bulkhead.leave_queue(slot)
+            if not expired:
+                raise
+            if when == deadline:
                 self.metrics.timeouts += 1
                 raise GuardTimeoutError(self.name, "total", self._total or 0.0) from None
-            self.metrics.bulkhead_full += 1
-            if self._emit.hot:
-                self._emit(Event("rejected", self.name, {"reason": "bulkhead_full"}))
+            raise BulkheadFullError(
+                self.name, bulkhead.max_concurrent, bulkhead.max_queue
+            ) from None
+        except BaseException:
+            timer.disarm()
+            bulkhead.leave_queue(slot)
             raise
+        timer.disarm()
+
+    def _count_full(self) -> None:
+        self.metrics.bulkhead_full += 1
+        if self._emit.hot:
+            self._emit(Event("rejected", self.name, {"reason": "bulkhead_full"}))
 
     async def _in_thread(
         self,

@@ -11,7 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ._timeout import Deadline
-from .exceptions import GuardTimeoutError
+from .exceptions import BulkheadFullError, GuardTimeoutError
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -60,11 +60,16 @@ class AttemptScope:
             return
         guard = self._guard
         bulkhead = guard.bulkhead
-        if bulkhead is not None and guard.mode == "enforce" and not bulkhead.try_acquire():
+        if bulkhead is not None and guard.mode == "enforce":
+            loop = asyncio.get_running_loop()
             try:
-                await guard._queue_for(bulkhead, asyncio.get_running_loop(), None)
-            except BaseException:
+                slot = bulkhead.enter(loop)
+                if slot is not None:
+                    await guard._wait_slot(bulkhead, slot, loop, None)
+            except BaseException as exc:
                 self._unwind_admit()
+                if isinstance(exc, BulkheadFullError):
+                    guard._count_full()
                 raise
         self._bulkhead = bulkhead is not None and guard.mode == "enforce"
         if self._limit is not None and task is not None and guard.mode == "enforce":

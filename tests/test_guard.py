@@ -538,3 +538,41 @@ def test_events_reach_listeners_and_rejections_only_when_someone_listens(
         g.call_sync(fail)
     assert [e.name for e in events] == ["rejected"]
     assert events[0].data == {"reason": "circuit_open"}
+
+
+async def test_the_total_deadline_bounds_the_bulkhead_queue(make_engine: MakeEngine) -> None:
+    g = make_engine(
+        '[policies.api]\ntimeout = { total = "20ms" }\n'
+        "[policies.api.bulkhead]\nmax_concurrent = 1\nmax_queue = 5\n"
+    ).guard("api")
+    gate = asyncio.Event()
+    first = asyncio.create_task(g.call(gate.wait))
+    await asyncio.sleep(0)
+    with pytest.raises(GuardTimeoutError) as info:
+        await g.call(gate.wait)  # queued behind `first` until the total deadline
+    assert info.value.kind == "total"
+    assert g.metrics()["queued"] == 0
+    gate.set()
+    with pytest.raises(GuardTimeoutError):
+        await first  # its own 20 ms ran out too, while holding the slot
+    assert g.current().bulkhead.active == 0  # type: ignore[union-attr]
+
+
+async def test_a_cancelled_queued_caller_leaves_the_queue_and_passes_no_slot_on_twice(
+    make_engine: MakeEngine,
+) -> None:
+    g = make_engine("[policies.api.bulkhead]\nmax_concurrent = 1\nmax_queue = 5\n").guard("api")
+    gate = asyncio.Event()
+    first = asyncio.create_task(g.call(gate.wait))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(g.call(gate.wait))
+    await asyncio.sleep(0)
+    assert g.metrics()["queued"] == 1
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert g.metrics()["queued"] == 0
+    gate.set()
+    await first
+    bulkhead = g.current().bulkhead
+    assert bulkhead is not None and bulkhead.active == 0
