@@ -37,6 +37,10 @@ _get_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
 
 
+class _NotAwaitableError(TypeError):
+    """`call` was given a function whose result cannot be awaited (the caller's mistake)."""
+
+
 def _always(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
@@ -171,6 +175,8 @@ class Guard:
     ) -> Any:
         try:
             return await self._run(fn, args, kwargs)
+        except _NotAwaitableError:
+            raise  # the caller's mistake: no fallback hides it
         except Exception as exc:
             fallback = self.fallback
             if fallback is None or fallback.kind_of(exc, self._retryable) is None:
@@ -262,14 +268,18 @@ class Guard:
                 if when is not None:
                     timer = self._deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
                 started = self._clock.now() if timed else 0.0
+                awaited: object = None
                 try:
                     if threaded:
                         result = await self._in_thread(bulkhead, loop, fn, args, kwargs)  # type: ignore[arg-type]
                     else:
-                        result = await fn(*args, **kwargs)
+                        awaited = fn(*args, **kwargs)
+                        result = await awaited  # type: ignore[misc]
                 except BaseException as exc:
                     if bulkhead is not None and not threaded:
                         bulkhead.release()
+                    if isinstance(exc, TypeError) and awaited is not None:
+                        self._not_awaitable(awaited, fn, breaker, permit, timer)
                     error: BaseException = exc
                     if timer is not None and isinstance(exc, asyncio.CancelledError):
                         if not timer.expired():
@@ -301,11 +311,34 @@ class Guard:
                 outcome = 1
                 return result
         except BaseException as exc:
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and not isinstance(exc, _NotAwaitableError):
                 outcome = -1 if isinstance(exc, RejectedError) and n <= 1 else 0
             raise
         finally:
             m.finish(outcome, loop.time() - t0)
+
+    def _not_awaitable(
+        self,
+        awaited: object,
+        fn: Callable[..., Any],
+        breaker: Breaker | None,
+        permit: int,
+        timer: Deadline | None,
+    ) -> None:
+        """`call` got a plain function: a caller's mistake, not a dependency failure, so it is
+        neither counted nor retried. Raises a TypeError saying what to use instead."""
+        if inspect.isawaitable(awaited):
+            return  # a TypeError from inside the coroutine: the dependency's own error
+        if timer is not None:
+            timer.disarm()
+        if breaker is not None:
+            breaker.on_release(permit)
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise _NotAwaitableError(
+            f"guard {self.name!r}: call() awaits what {name} returns, but it returned "
+            f"{type(awaited).__name__}; use call_sync() for a blocking function, or give the "
+            'policy bulkhead.kind = "threads" to run it in its own pool with call()'
+        ) from None
 
     def _timed_out(self, total: bool, n: int) -> GuardTimeoutError:
         kind = "total" if total else "attempt"

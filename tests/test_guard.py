@@ -576,3 +576,38 @@ async def test_a_cancelled_queued_caller_leaves_the_queue_and_passes_no_slot_on_
     await first
     bulkhead = g.current().bulkhead
     assert bulkhead is not None and bulkhead.active == 0
+
+
+async def test_a_plain_function_given_to_call_is_a_clear_error_not_a_retried_failure(
+    make_engine: MakeEngine,
+) -> None:
+    g = make_engine(BREAKER).guard("api")
+    calls = 0
+
+    def blocking() -> str:
+        nonlocal calls
+        calls += 1
+        return "x"
+
+    with pytest.raises(TypeError, match="use call_sync"):
+        await g.call(blocking)  # type: ignore[arg-type]
+    assert calls == 1  # not retried
+    m = g.metrics()
+    assert (m["failures"], m["retries"]) == (0, 0)
+    assert g.current().breaker.snapshot()["consecutive_failures"] == 0  # type: ignore[union-attr]
+
+    async def raises_type_error() -> None:
+        raise TypeError("the dependency's own")
+
+    with pytest.raises(TypeError, match="dependency's own"):
+        await g.call(raises_type_error)
+    assert g.metrics()["failures"] == 1
+
+
+async def test_a_fallback_does_not_hide_a_plain_function_given_to_call(
+    make_engine: MakeEngine,
+) -> None:
+    g = make_engine('[policies.api.fallback]\nvalue = "cached"\n').guard("api")
+    with pytest.raises(TypeError, match="use call_sync"):
+        await g.call(lambda: "x")  # type: ignore[arg-type,return-value]
+    assert g.metrics()["fallbacks"] == 0
