@@ -64,7 +64,8 @@ class GuardHandle:
     ) -> Coroutine[Any, Any, T]:
         """`await handle.call(fn, *args, **kwargs)`: run `fn` through the policy."""
         engine = self._engine if self._engine is not None else _default_engine()
-        return engine._lookup(self.name)._first(fn, args, kwargs)
+        guard = engine._guards.get(self.name) or engine._lookup(self.name)
+        return guard._first(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking `fn` through the policy in this thread (see the README on timeouts)."""

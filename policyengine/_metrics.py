@@ -31,7 +31,6 @@ class GuardMetrics:
     """What one guard did since it was created (kept across reloads)."""
 
     __slots__ = (
-        "_lock",
         "budget_exhausted",
         "bulkhead_full",
         "calls",
@@ -42,6 +41,7 @@ class GuardMetrics:
         "fallbacks",
         "ignored",
         "in_flight",
+        "lock",
         "retries",
         "successes",
         "timeouts",
@@ -51,7 +51,7 @@ class GuardMetrics:
     )
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # short critical sections only; a slot, not a property
         self.calls = 0
         self.successes = 0
         self.failures = 0
@@ -69,13 +69,9 @@ class GuardMetrics:
         self.duration_sum = 0.0
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
 
-    @property
-    def lock(self) -> threading.Lock:
-        return self._lock
-
     def finish(self, outcome: int, duration: float) -> None:
         """One guarded call ended: 1 success, 0 failure, -1 neither (cancelled / ignored)."""
-        with self._lock:
+        with self.lock:
             self.in_flight -= 1
             if outcome > 0:
                 self.successes += 1
@@ -102,7 +98,7 @@ class GuardMetrics:
         return float("inf")
 
     def snapshot(self) -> dict[str, Any]:
-        with self._lock:
+        with self.lock:
             done = self.successes + self.failures
             return {
                 "calls": self.calls,
