@@ -348,11 +348,13 @@ def test_four_processes_of_fifty_coroutines_get_exactly_k_probes(
 ) -> None:
     p, k = prefix(), 3
     rule = f'consecutive_failures = 1\nopen_duration = "1s"\nhalf_open_calls = {k}\n'
-    rule += 'half_open_max_wait = "5s"'
+    rule += 'half_open_max_wait = "10s"'
     text = policies(server.url, p, rule)
     ctx = multiprocessing.get_context("spawn")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = _spawn(probe_worker, lambda i: (text, 50, 1.0, ready, go, out), 4)
+    # the probes hold for 3 s, far longer than a starved process may take to see half-open (a
+    # burst that started after the probes closed the breaker would be admitted as closed)
+    procs = _spawn(probe_worker, lambda i: (text, 50, 3.0, ready, go, out), 4)
     tripper = engines(server.url, p, rule)
     connected(tripper)
     assert [ready.get(timeout=30) for _ in procs] == ["closed"] * 4  # all connected
