@@ -11,10 +11,11 @@ When a directory of policies is loaded, that directory is watched and every `*.t
 
 Events are only a hint to look: every look re-reads the files and compares the content hash
 (`PolicySet.version`) with the policies in force, so touching a file without changing it, or a
-burst of events for one save, applies nothing. A slow periodic re-read (`backstop`) catches what
-events miss (some network file systems, a file symlinked from another directory). Polling is
-used when `force_polling` is true, or when it is None and `WATCHFILES_FORCE_POLLING` is set (as
-in `watchfiles`); `WATCHFILES_POLL_DELAY_MS` overrides `poll_interval`.
+burst of events for one save, applies nothing. A policy file that is a symlink into another
+directory is watched there too. A slow periodic re-read (`backstop`) catches what events miss
+(some network file systems). Polling is used when `force_polling` is true, or when it is None
+and `WATCHFILES_FORCE_POLLING` is set (as in `watchfiles`); `WATCHFILES_POLL_DELAY_MS`
+overrides `poll_interval`.
 
 The thread runs watchfiles' `RustNotify` (the engine behind `watchfiles.watch`) with a
 `threading.Event` as its stop event, so it needs no asyncio loop and `stop()` returns within
@@ -93,6 +94,7 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._notify: RustNotify | None = None
         self._last_look = time.monotonic()
+        self._target = str(self.path)  # what the file resolves to (set when the watch opens)
 
     def describe(self) -> dict[str, Any]:
         """What is watched and how, for `Engine.status()`."""
@@ -126,11 +128,27 @@ class Watcher:
             thread.join(timeout)  # the thread closes the notifier on its way out
 
     # ---------------------------------------------------------------- loop
+    def _linked_directory(self) -> Path | None:
+        """Where a policy file that is a symlink into another directory really lives (its
+        saves happen there, not in ours); None for a plain file or a link within our
+        directory (a ConfigMap's ``..data``, already covered)."""
+        if self.is_dir:
+            return None
+        target = Path(os.path.realpath(self.path)).parent
+        if target == self.directory or target.is_relative_to(self.directory):
+            return None
+        return target
+
     def _open(self) -> RustNotify | None:
         """A notifier on the directory; None if the directory does not exist now (retried), or
         if notifications are unavailable (e.g. the inotify watch limit): then poll instead."""
+        paths = [str(self.directory)]
+        self._target = os.path.realpath(self.path)
+        linked = self._linked_directory()
+        if linked is not None and linked.is_dir():
+            paths.append(str(linked))
         try:
-            return RustNotify([str(self.directory)], False, False, 0, False, False)
+            return RustNotify(paths, False, False, 0, False, False)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -208,6 +226,8 @@ class Watcher:
         name = os.path.basename(changed)
         if name.startswith(".."):  # ConfigMap: `..data`, `..data_tmp`, `..2026_01_01_...`
             return True
+        if os.path.dirname(changed) != str(self.directory):  # the linked file's directory
+            return os.path.basename(self._target) == name
         return name.endswith(".toml") if self.is_dir else name == self.path.name
 
     def _timeout_ms(self) -> int:

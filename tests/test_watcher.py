@@ -220,6 +220,23 @@ def test_a_configmap_symlink_swap_applies(tmp_path: Path, watch: Callable[..., A
     assert events.count("reload_failed") == 0
 
 
+def test_a_file_symlinked_from_another_directory_follows_saves_there(
+    tmp_path: Path, watch: Callable[..., Any]
+) -> None:
+    real_dir, link_dir = tmp_path / "config-repo", tmp_path / "app"
+    real_dir.mkdir()
+    link_dir.mkdir()
+    real = real_dir / "policies.toml"
+    real.write_text(policy(1))
+    (link_dir / "policies.toml").symlink_to(real)
+    engine, _ = watch(link_dir / "policies.toml", backstop=0)  # events only, no re-read timer
+    real.write_text(policy(2))  # an in-place save where the file really lives
+    wait_for_version(engine, policy(2))
+    atomic_write(real, policy(3))  # and an editor's rename there
+    wait_for_version(engine, policy(3))
+    assert limit_of(engine) == 3
+
+
 def test_a_directory_of_policies(tmp_path: Path, watch: Callable[..., Any]) -> None:
     d = tmp_path / "policies"
     d.mkdir()
