@@ -141,7 +141,7 @@ def _counting(emit: Callable[[Event], None], metrics: GuardMetrics) -> Callable[
 
     def sink(event: Event) -> None:
         if event.name == "would_reject":
-            metrics.would_reject += 1
+            metrics.count("would_reject")
         emit(event)
 
     return sink

@@ -181,7 +181,7 @@ class Guard:
             fallback = self.fallback
             if fallback is None or fallback.kind_of(exc, self._retryable) is None:
                 raise
-            self.metrics.fallbacks += 1
+            self.metrics.count("fallbacks")
             self._emit(Event("fallback", self.name, {"error": type(exc).__name__}))
             return await fallback.produce(exc)
 
@@ -343,7 +343,7 @@ class Guard:
     def _timed_out(self, total: bool, n: int) -> GuardTimeoutError:
         kind = "total" if total else "attempt"
         seconds = (self._total if total else self._attempt) or 0.0
-        self.metrics.timeouts += 1
+        self.metrics.count("timeouts")
         self._emit(Event("timeout", self.name, {"kind": kind, "attempt": n}))
         return GuardTimeoutError(self.name, kind, seconds)
 
@@ -353,7 +353,7 @@ class Guard:
         try:
             return breaker.acquire()
         except CircuitOpenError:
-            self.metrics.circuit_open += 1
+            self.metrics.count("circuit_open")
             if self._emit.hot:
                 self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
             raise
@@ -392,7 +392,7 @@ class Guard:
             if not expired:
                 raise
             if when == deadline:
-                self.metrics.timeouts += 1
+                self.metrics.count("timeouts")
                 raise GuardTimeoutError(self.name, "total", self._total or 0.0) from None
             raise BulkheadFullError(
                 self.name, bulkhead.max_concurrent, bulkhead.max_queue
@@ -404,7 +404,7 @@ class Guard:
         timer.disarm()
 
     def _count_full(self) -> None:
-        self.metrics.bulkhead_full += 1
+        self.metrics.count("bulkhead_full")
         if self._emit.hot:
             self._emit(Event("rejected", self.name, {"reason": "bulkhead_full"}))
 
@@ -473,10 +473,10 @@ class Guard:
             from ._retry import add_budget_note
 
             add_budget_note(exc, self.name)
-            self.metrics.budget_exhausted += 1
+            self.metrics.count("budget_exhausted")
             self._emit(Event("budget_exhausted", self.name, {"attempt": n}))
             return -1.0
-        self.metrics.retries += 1
+        self.metrics.count("retries")
         self._emit(
             Event("retry", self.name, {"attempt": n, "delay": wait, "error": type(exc).__name__})
         )

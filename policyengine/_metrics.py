@@ -69,6 +69,11 @@ class GuardMetrics:
         self.duration_sum = 0.0
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
 
+    def count(self, counter: str) -> None:
+        """Add one to `counter` (off the success path: retries, timeouts, rejections...)."""
+        with self.lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
     def finish(self, outcome: int, duration: float) -> None:
         """One guarded call ended: 1 success, 0 failure, -1 neither (cancelled / ignored)."""
         with self.lock:

@@ -32,7 +32,7 @@ def _enter(guard: Guard) -> int:
         running = m.in_flight
     bulkhead = guard.bulkhead
     if bulkhead is not None and running > bulkhead.max_concurrent:
-        m.would_reject += 1
+        m.count("would_reject")
         guard._emit(Event("would_reject", guard.name, {"reason": "bulkhead_full"}))
     return guard.breaker.acquire() if guard.breaker is not None else 0
 
@@ -51,7 +51,7 @@ def _leave(guard: Guard, permit: int, exc: BaseException | None, elapsed: float,
         return -1
     limit = _limit(guard)
     if limit is not None and elapsed > limit:
-        guard.metrics.would_timeout += 1
+        guard.metrics.count("would_timeout")
         guard._emit(Event("would_timeout", guard.name, {"elapsed": elapsed, "limit": limit}))
         if exc is None:
             exc = GuardTimeoutError(guard.name, "attempt", limit)
@@ -62,7 +62,7 @@ def _leave(guard: Guard, permit: int, exc: BaseException | None, elapsed: float,
     if breaker is not None:
         breaker.on_failure(permit, exc, dur)
     if guard.retry is not None and guard.max_attempts > 1 and guard.retry.should_retry(exc):
-        guard.metrics.would_retry += 1
+        guard.metrics.count("would_retry")
         guard._emit(Event("would_retry", guard.name, {"error": type(exc).__name__}))
     return 0
 

@@ -105,7 +105,7 @@ class AttemptScope:
                 timer.disarm()
             elif timer.expired():
                 error = GuardTimeoutError(guard.name, "attempt", self._limit or 0.0)
-                guard.metrics.timeouts += 1
+                guard.metrics.count("timeouts")
         if error is None:
             if breaker is not None:
                 breaker.on_success(self._permit, duration)

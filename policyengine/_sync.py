@@ -43,7 +43,7 @@ def call_sync(
     except Exception as exc:
         if guard.fallback.kind_of(exc, guard._retryable) is None:
             raise
-        guard.metrics.fallbacks += 1
+        guard.metrics.count("fallbacks")
         guard._emit(Event("fallback", guard.name, {"error": type(exc).__name__}))
         result: T = guard.fallback.produce_sync(exc)
         return result
@@ -67,7 +67,7 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
         while True:
             n += 1
             if deadline is not None and time.monotonic() >= deadline:
-                m.timeouts += 1
+                m.count("timeouts")
                 raise GuardTimeoutError(guard.name, "total", total or 0.0)
             permit = guard._admit(breaker)
             if bulkhead is not None:
@@ -77,7 +77,7 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
                     if breaker is not None:
                         breaker.on_release(permit)
                     if isinstance(exc, BulkheadFullError):
-                        m.bulkhead_full += 1
+                        m.count("bulkhead_full")
                         if guard._emit.hot:
                             guard._emit(Event("rejected", guard.name, {"reason": "bulkhead_full"}))
                     raise
@@ -120,4 +120,4 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
 def _note_overrun(guard: Guard, a0: float) -> None:
     limit = guard._attempt
     if limit is not None and time.monotonic() - a0 > limit:
-        guard.metrics.timeouts += 1
+        guard.metrics.count("timeouts")
