@@ -30,8 +30,12 @@ fuzz: $(STAMP)            ## long fuzzing and model-checking runs
 soak: $(STAMP)            ## 1,000-reload soak under load
 	$(PY) -m pytest -q -m soak
 
-bench: $(STAMP)           ## benchmarks (ratios against asyncio floors and peers)
-	$(PY) bench/run_all.py
+bench: $(STAMP)           ## every benchmark, one after the other (ratios matter, not absolutes)
+	$(PY) bench/bench_guard.py
+	$(PY) bench/bench_exporters.py
+	$(PY) bench/bench_load.py
+	$(PY) bench/bench_reload.py
+	$(PY) bench/bench_redis.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
