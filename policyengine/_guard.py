@@ -58,6 +58,7 @@ class Guard:
         "_queue",
         "_retryable",
         "_threaded",
+        "_timed",
         "_total",
         "_wait_queue",
         "breaker",
@@ -102,6 +103,8 @@ class Guard:
         self._total = timeout.total if timeout is not None else None
         self._attempt = timeout.attempt if timeout is not None else None
         self._threaded = bulkhead is not None and bulkhead.kind == "threads"
+        # slow-call rules need durations (from the policy: the breaker is reconfigured later)
+        self._timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
         # a bulkhead wait bounded by max_wait or the total deadline needs a timer
         self._bounded_wait = bulkhead is not None and (
             (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
@@ -222,7 +225,7 @@ class Guard:
                         self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
                     raise
         loop = _get_loop()
-        with m.lock:
+        with m.lock:  # m.start(), inlined: this is the hot path
             m.calls += 1
             m.in_flight += 1
         t0 = loop.time()
@@ -232,7 +235,7 @@ class Guard:
             self._budget.record_call()
         bulkhead, per_attempt = self.bulkhead, self._attempt
         threaded = self._threaded
-        timed = breaker is not None and breaker.timed
+        timed = self._timed
         outcome = -1
         n = 0
         previous = 0.0

@@ -69,6 +69,12 @@ class GuardMetrics:
         self.duration_sum = 0.0
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
 
+    def start(self) -> None:
+        """One guarded call began (the async hot path inlines this)."""
+        with self.lock:
+            self.calls += 1
+            self.in_flight += 1
+
     def count(self, counter: str) -> None:
         """Add one to `counter` (off the success path: retries, timeouts, rejections...)."""
         with self.lock:

@@ -37,9 +37,7 @@ class AttemptScope:
         guard = self._guard
         if guard.mode == "disabled":
             return False
-        with guard.metrics.lock:
-            guard.metrics.calls += 1
-            guard.metrics.in_flight += 1
+        guard.metrics.start()
         try:
             self._permit = guard._admit(guard.breaker)
         except BaseException:

@@ -51,9 +51,7 @@ def call_sync(
 
 def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
     m = guard.metrics
-    with m.lock:
-        m.calls += 1
-        m.in_flight += 1
+    m.start()
     t0 = time.monotonic()
     total = guard._total
     deadline = t0 + total if total is not None else None
