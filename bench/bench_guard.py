@@ -196,7 +196,9 @@ def peers() -> dict[str, Body]:
     return out
 
 
-async def rejection_us(engine: policyengine.Engine, n: int, repeats: int) -> tuple[float, float]:
+async def rejection_us(
+    engine: policyengine.Engine, n: int, repeats: int
+) -> tuple[float, float, float]:
     tripped = engine.guard("tripped")
     try:
         await tripped.call(_fail)
@@ -216,8 +218,19 @@ async def rejection_us(engine: policyengine.Engine, n: int, repeats: int) -> tup
         except ValueError:
             pass
 
+    async def refuse() -> None:
+        raise CircuitOpenError("tripped", 1.0)
+
+    async def awaited_raise() -> None:
+        # the least any awaitable rejection can cost: a coroutine that only raises the error
+        try:
+            await refuse()
+        except CircuitOpenError:
+            pass
+
     return (
         await per_call_us(raise_catch, n, repeats),
+        await per_call_us(awaited_raise, n, repeats),
         await per_call_us(rejected, n, repeats),
     )
 
@@ -278,10 +291,11 @@ async def main(quick: bool) -> None:
         print(
             f"\npyresilience / full guard: {rows['pyresilience retry+breaker+timeout'] / full:.2f}x"
         )
-    raise_us, reject_us = await rejection_us(engine, n, repeats)
+    raise_us, awaited_us, reject_us = await rejection_us(engine, n, repeats)
     print(
-        f"raise+catch {raise_us:.2f} us; open rejection {reject_us:.2f} us; "
-        f"ratio {reject_us / raise_us:.2f}"
+        f"open rejection {reject_us:.2f} us; raise+catch {raise_us:.2f} us "
+        f"(ratio {reject_us / raise_us:.2f}); awaited raise of CircuitOpenError "
+        f"{awaited_us:.2f} us (ratio {reject_us / awaited_us:.2f})"
     )
     peer = await peer_rejection_us(n, repeats)
     if peer is not None:

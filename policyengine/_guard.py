@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._breaker import _OPEN
 from ._events import Event
 from ._timeout import Deadline, DeadlineQueue
 from .exceptions import BulkheadFullError, CircuitOpenError, GuardTimeoutError, RejectedError
@@ -214,15 +215,23 @@ class Guard:
         if breaker is not None:
             permit = breaker._closed_permit  # closed: the permit, with no call at all
             if permit < 0:
+                # Open: `Breaker.acquire`'s first test, inlined. This is an outage's hot path,
+                # so the error is raised once, here, with no frame or re-raise in between.
+                if breaker._state == _OPEN and not breaker.observe:
+                    now = breaker._now()
+                    until = breaker._open_until
+                    if now < until:
+                        lock = m.lock  # m.refuse(), inlined
+                        lock.acquire()
+                        m.refused += 1
+                        lock.release()
+                        if self._emit.hot:
+                            self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+                        raise CircuitOpenError(self.name, until - now, "open")
                 try:
                     permit = breaker.acquire()
-                except CircuitOpenError:  # an outage's hot path: count and leave
-                    with m.lock:
-                        m.calls += 1
-                        m.circuit_open += 1
-                        m.ignored += 1  # neither success nor failure, as every rejection
-                    if self._emit.hot:
-                        self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+                except CircuitOpenError:
+                    self._count_open()
                     raise
         loop = _get_loop()
         with m.lock:  # m.start(), inlined: this is the hot path
@@ -405,6 +414,11 @@ class Guard:
             bulkhead.leave_queue(slot)
             raise
         timer.disarm()
+
+    def _count_open(self) -> None:
+        self.metrics.refuse()  # a call, ignored (neither success nor failure), circuit_open
+        if self._emit.hot:
+            self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
 
     def _count_full(self) -> None:
         self.metrics.count("bulkhead_full")

@@ -18,7 +18,7 @@ A dependency's own exception is never wrapped: after the last attempt the origin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 __all__ = [
     "BulkheadFullError",
@@ -105,16 +105,41 @@ class RejectedError(PolicyEngineError):
 
 
 class CircuitOpenError(RejectedError):
-    """The breaker is open (or half-open with every probe slot taken)."""
+    """The breaker is open (or half-open with every probe slot taken).
+
+    `CircuitOpenError(guard, retry_after, state="open")`. Raised on every call of an outage, so it
+    is built by `Exception`'s own C constructor: the fields live in `args` and are read back
+    through properties.
+    """
 
     reason = "circuit_open"
 
-    def __init__(self, guard: str, retry_after: float, state: str = "open") -> None:
-        # No super().__init__ chain: this is raised on every call of an outage. BaseException
-        # already stores the arguments in `args`.
-        self.guard = guard
-        self.retry_after = retry_after if retry_after > 0.0 else 0.0
-        self.state = state
+    if TYPE_CHECKING:
+
+        def __init__(self, guard: str, retry_after: float, state: str = "open") -> None: ...
+
+    else:
+        __init__ = Exception.__init__
+
+    @property
+    def guard(self) -> str:
+        """The guard's name."""
+        return str(self.args[0])
+
+    @guard.setter
+    def guard(self, value: str) -> None:
+        self.args = (value, *self.args[1:])
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the breaker lets a call through again (0.0 if it may already)."""
+        seconds = float(self.args[1]) if len(self.args) > 1 else 0.0
+        return seconds if seconds > 0.0 else 0.0
+
+    @property
+    def state(self) -> str:
+        """``"open"``, ``"half_open"`` (every probe slot taken) or ``"forced_open"``."""
+        return str(self.args[2]) if len(self.args) > 2 else "open"
 
     def __str__(self) -> str:
         return f"circuit {self.guard!r} is {self.state}; retry after {self.retry_after:.3f}s"

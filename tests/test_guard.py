@@ -124,6 +124,36 @@ async def test_retry_stops_when_the_breaker_opens_and_rejections_are_not_retried
     assert g.state == "closed"
 
 
+async def test_open_rejections_count_as_ignored_calls_and_say_when_to_come_back(
+    make_engine: MakeEngine, clock: FakeClock
+) -> None:
+    engine = make_engine(BREAKER)
+    g = engine.guard("api")
+    with pytest.raises(ConnectionError):
+        await g.call(Flaky(100))
+    assert g.state == "open"
+    events: list[Event] = []
+    engine.add_listener(events.append)
+    before = g.metrics()
+    clock.advance(10)
+    for _ in range(3):
+        with pytest.raises(CircuitOpenError) as rejected:
+            await g.call(Flaky(0))
+    assert rejected.value.retry_after == pytest.approx(20.0)
+    assert rejected.value.state == "open"
+    after = g.metrics()
+    assert after["calls"] - before["calls"] == 3
+    assert after["ignored"] - before["ignored"] == 3
+    assert after["rejections"]["circuit_open"] - before["rejections"]["circuit_open"] == 3
+    assert (after["successes"], after["failures"]) == (before["successes"], before["failures"])
+    assert after["in_flight"] == 0
+    rejections = [e for e in events if e.name == "rejected"]
+    assert [e.data for e in rejections] == [{"reason": "circuit_open"}] * 3
+    clock.advance(20)  # the open period is over: the next call is a probe, not a rejection
+    assert await g.call(Flaky(0)) == "ok"
+    assert g.state == "closed"
+
+
 async def test_attempt_timeout_is_a_retried_failure_and_total_timeout_ends_the_call(
     make_engine: MakeEngine,
 ) -> None:
