@@ -17,11 +17,11 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import POLICIES, Body, ok, timed
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -31,48 +31,9 @@ from policyengine import CircuitOpenError
 from policyengine.otel import instrument
 from policyengine.prometheus import PolicyEngineCollector
 
-POLICIES = """
-[policies.full]
-timeout = { total = "10s", attempt = "2s" }
-[policies.full.retry]
-max_attempts = 3
-backoff = "exponential"
-initial_delay = "100ms"
-max_delay = "1s"
-retry_on = ["ConnectionError"]
-[policies.full.breaker]
-consecutive_failures = 5
-failure_rate = 0.5
-window_size = 100
-minimum_calls = 20
-[policies.full.bulkhead]
-max_concurrent = 100
-max_queue = 1000
-
-[policies.tripped.breaker]
-consecutive_failures = 1
-open_duration = "1h"
-
-[policies.failing.breaker]
-consecutive_failures = 1000000
-"""
-
-Body = Callable[[], Awaitable[object]]
-
-
-async def ok() -> int:
-    return 1
-
 
 async def bad() -> int:
     raise ValueError("business error")
-
-
-async def timed(body: Body, n: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        await body()
-    return (time.perf_counter() - t0) / n * 1e6
 
 
 def bodies(engine: policyengine.Engine) -> dict[str, Body]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,51 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import POLICIES, Body, ok, per_call_us
+
 import policyengine
 from policyengine import CircuitOpenError
-
-FULL = """
-[policies.full]
-timeout = { total = "10s", attempt = "2s" }
-[policies.full.retry]
-max_attempts = 3
-backoff = "exponential"
-initial_delay = "100ms"
-max_delay = "1s"
-[policies.full.breaker]
-consecutive_failures = 5
-failure_rate = 0.5
-window_size = 100
-minimum_calls = 20
-[policies.full.bulkhead]
-max_concurrent = 100
-max_queue = 100000
-
-[policies.bulkhead_only.bulkhead]
-max_concurrent = 100
-max_queue = 100000
-
-[policies.tripped.breaker]
-consecutive_failures = 1
-open_duration = "1h"
-"""
-
-
-async def ok(*_: object) -> int:
-    return 1
-
-
-Body = Callable[[], Awaitable[object]]
-
-
-async def per_call_us(body: Body, n: int, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            await body()
-        samples.append((time.perf_counter() - t0) / n * 1e6)
-    return statistics.median(samples)
 
 
 def floors() -> dict[str, Body]:
@@ -276,7 +234,7 @@ async def throughput_us(call: Callable[[], Awaitable[object]], tasks: int, each:
 
 async def main(quick: bool) -> None:
     n, repeats = (2000, 3) if quick else (20000, 7)
-    engine = policyengine.loads(FULL, default=False)
+    engine = policyengine.loads(POLICIES, default=False)
     rows: dict[str, float] = {}
     for name, body in {**floors(), **ours(engine), **peers()}.items():
         for _ in range(200):
