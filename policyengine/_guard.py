@@ -11,15 +11,25 @@ retried, never counted as a success or failure, and returns every permit it hold
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._attempts import (
+    NotAwaitableError,
+    admit,
+    before_retry,
+    count_full,
+    count_open,
+    in_thread,
+    not_awaitable,
+    timed_out,
+    wait_slot,
+)
 from ._breaker import _OPEN
 from ._events import Event
 from ._timeout import Deadline, DeadlineQueue
-from .exceptions import BulkheadFullError, CircuitOpenError, GuardTimeoutError, RejectedError
+from .exceptions import BulkheadFullError, CircuitOpenError, RejectedError
 
 if TYPE_CHECKING:
     from ._breaker import Breaker
@@ -36,10 +46,6 @@ __all__ = ["Guard"]
 T = TypeVar("T")
 _get_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
-
-
-class _NotAwaitableError(TypeError):
-    """`call` was given a function whose result cannot be awaited (the caller's mistake)."""
 
 
 def _always(exc: BaseException) -> bool:
@@ -179,7 +185,7 @@ class Guard:
     ) -> Any:
         try:
             return await self._run(fn, args, kwargs)
-        except _NotAwaitableError:
+        except NotAwaitableError:
             raise  # the caller's mistake: no fallback hides it
         except Exception as exc:
             fallback = self.fallback
@@ -231,7 +237,7 @@ class Guard:
                 try:
                     permit = breaker.acquire()
                 except CircuitOpenError:
-                    self._count_open()
+                    count_open(self)
                     raise
         loop = _get_loop()
         with m.lock:  # m.start(), inlined: this is the hot path
@@ -252,13 +258,13 @@ class Guard:
             while True:
                 n += 1
                 if n > 1 and breaker is not None:
-                    permit = self._admit(breaker)
+                    permit = admit(self, breaker)
                 if bulkhead is not None:
                     try:
                         slot = bulkhead.enter(loop)
                         if slot is not None:
                             if self._bounded_wait:
-                                await self._wait_slot(bulkhead, slot, loop, deadline)
+                                await wait_slot(self, bulkhead, slot, loop, deadline)
                             else:  # unbounded: await the queue's future right here
                                 try:
                                     await slot
@@ -269,7 +275,7 @@ class Guard:
                         if breaker is not None:
                             breaker.on_release(permit)
                         if isinstance(exc, BulkheadFullError):
-                            self._count_full()
+                            count_full(self)
                         raise
                 when = deadline
                 if per_attempt is not None:
@@ -283,7 +289,7 @@ class Guard:
                 awaited: object = None
                 try:
                     if threaded:
-                        result = await self._in_thread(bulkhead, loop, fn, args, kwargs)  # type: ignore[arg-type]
+                        result = await in_thread(bulkhead, loop, fn, args, kwargs)  # type: ignore[arg-type]
                     else:
                         awaited = fn(*args, **kwargs)
                         result = await awaited  # type: ignore[misc]
@@ -291,14 +297,14 @@ class Guard:
                     if bulkhead is not None and not threaded:
                         bulkhead.release()
                     if isinstance(exc, TypeError) and awaited is not None:
-                        self._not_awaitable(awaited, fn, breaker, permit, timer)
+                        not_awaitable(self, awaited, fn, breaker, permit, timer)
                     error: BaseException = exc
                     if timer is not None and isinstance(exc, asyncio.CancelledError):
                         if not timer.expired():
                             if breaker is not None:
                                 breaker.on_release(permit)
                             raise
-                        error = self._timed_out(when == deadline, n)
+                        error = timed_out(self, when == deadline, n)
                     elif timer is not None:
                         timer.disarm()
                     if not isinstance(error, Exception):
@@ -308,7 +314,7 @@ class Guard:
                     if breaker is not None:
                         elapsed = self._clock.now() - started if timed else 0.0
                         breaker.on_failure(permit, error, elapsed)
-                    previous = await self._before_retry(error, n, previous, loop, deadline)
+                    previous = await before_retry(self, error, n, previous, loop, deadline)
                     if previous < 0:
                         if error is exc:
                             raise
@@ -323,181 +329,11 @@ class Guard:
                 outcome = 1
                 return result
         except BaseException as exc:
-            if isinstance(exc, Exception) and not isinstance(exc, _NotAwaitableError):
+            if isinstance(exc, Exception) and not isinstance(exc, NotAwaitableError):
                 outcome = -1 if isinstance(exc, RejectedError) and n <= 1 else 0
             raise
         finally:
             m.finish(outcome, loop.time() - t0)
-
-    def _not_awaitable(
-        self,
-        awaited: object,
-        fn: Callable[..., Any],
-        breaker: Breaker | None,
-        permit: int,
-        timer: Deadline | None,
-    ) -> None:
-        """`call` got a plain function: a caller's mistake, not a dependency failure, so it is
-        neither counted nor retried. Raises a TypeError saying what to use instead."""
-        if inspect.isawaitable(awaited):
-            return  # a TypeError from inside the coroutine: the dependency's own error
-        if timer is not None:
-            timer.disarm()
-        if breaker is not None:
-            breaker.on_release(permit)
-        name = getattr(fn, "__qualname__", repr(fn))
-        raise _NotAwaitableError(
-            f"guard {self.name!r}: call() awaits what {name} returns, but it returned "
-            f"{type(awaited).__name__}; use call_sync() for a blocking function, or give the "
-            'policy bulkhead.kind = "threads" to run it in its own pool with call()'
-        ) from None
-
-    def _timed_out(self, total: bool, n: int) -> GuardTimeoutError:
-        kind = "total" if total else "attempt"
-        seconds = (self._total if total else self._attempt) or 0.0
-        self.metrics.count("timeouts")
-        self._emit(Event("timeout", self.name, {"kind": kind, "attempt": n}))
-        return GuardTimeoutError(self.name, kind, seconds)
-
-    def _admit(self, breaker: Breaker | None) -> int:
-        if breaker is None:
-            return 0
-        try:
-            return breaker.acquire()
-        except CircuitOpenError:
-            self.metrics.count("circuit_open")
-            if self._emit.hot:
-                self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
-            raise
-
-    async def _wait_slot(
-        self,
-        bulkhead: Bulkhead,
-        slot: asyncio.Future[None],
-        loop: asyncio.AbstractEventLoop,
-        deadline: float | None,
-    ) -> None:
-        """Wait in the bulkhead's queue for at most `max_wait` and until the total deadline.
-
-        Raises BulkheadFullError when `max_wait` runs out, GuardTimeoutError (total) when the
-        deadline does; a slot granted in that very moment is passed on, never kept or lost."""
-        limit = bulkhead.max_wait
-        when = deadline
-        if limit is not None:
-            end = loop.time() + limit
-            if when is None or end < when:
-                when = end
-        task = _current_task(loop)
-        if when is None or task is None:
-            try:
-                await slot
-            except BaseException:
-                bulkhead.leave_queue(slot)
-                raise
-            return
-        timer = self._wait_deadline(loop, task, when)
-        try:
-            await slot
-        except asyncio.CancelledError:
-            expired = timer.expired()
-            bulkhead.leave_queue(slot)
-            if not expired:
-                raise
-            if when == deadline:
-                self.metrics.count("timeouts")
-                raise GuardTimeoutError(self.name, "total", self._total or 0.0) from None
-            raise BulkheadFullError(
-                self.name, bulkhead.max_concurrent, bulkhead.max_queue
-            ) from None
-        except BaseException:
-            timer.disarm()
-            bulkhead.leave_queue(slot)
-            raise
-        timer.disarm()
-
-    def _count_open(self) -> None:
-        self.metrics.refuse()  # a call, ignored (neither success nor failure), circuit_open
-        if self._emit.hot:
-            self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
-
-    def _count_full(self) -> None:
-        self.metrics.count("bulkhead_full")
-        if self._emit.hot:
-            self._emit(Event("rejected", self.name, {"reason": "bulkhead_full"}))
-
-    async def _in_thread(
-        self,
-        bulkhead: Bulkhead,
-        loop: asyncio.AbstractEventLoop,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """Run a blocking `fn` in the policy's own pool. The slot is held until the thread
-        really finishes, even if the caller stopped waiting (timeout, cancel)."""
-        ctx = contextvars.copy_context()
-        try:
-            future = bulkhead.pool.submit(ctx.run, fn, *args, **kwargs)
-        except BaseException:  # e.g. the interpreter is shutting down: no thread, no slot
-            bulkhead.release()
-            raise
-        future.add_done_callback(lambda _f: bulkhead.release())
-        result = await asyncio.wrap_future(future, loop=loop)
-        if asyncio.iscoroutine(result):
-            return await result
-        return result
-
-    async def _before_retry(
-        self,
-        exc: BaseException,
-        n: int,
-        previous: float,
-        loop: asyncio.AbstractEventLoop,
-        deadline: float | None,
-    ) -> float:
-        """Sleep before the next attempt and return the delay slept, or -1.0 to stop."""
-        wait = self._retry_wait(
-            exc, n, previous, None if deadline is None else deadline - loop.time()
-        )
-        if wait < 0:
-            return wait
-        await self._clock.sleep(wait)
-        return wait
-
-    def _retry_wait(
-        self, exc: BaseException, n: int, previous: float, remaining: float | None
-    ) -> float:
-        """The wait before retry `n`, or -1.0 when the call must end with `exc`."""
-        retry = self.retry
-        if retry is None or n >= self.max_attempts or not retry.should_retry(exc):
-            return -1.0
-        if isinstance(exc, GuardTimeoutError) and exc.kind == "total":
-            return -1.0
-        wait = retry.wait_before(n, exc, previous, remaining)
-        if wait is None:
-            exc.add_note(f"policyengine: not retried, the total deadline of {self.name!r} is near")
-            return -1.0
-        breaker = self.breaker
-        if (
-            breaker is not None
-            and breaker.state in ("open", "forced_open")
-            and breaker.retry_after() > wait
-        ):
-            exc.add_note(f"policyengine: not retried, the circuit {self.name!r} is open")
-            return -1.0
-        budget = self._budget
-        if budget is not None and not budget.try_acquire_retry():
-            from ._retry import add_budget_note
-
-            add_budget_note(exc, self.name)
-            self.metrics.count("budget_exhausted")
-            self._emit(Event("budget_exhausted", self.name, {"attempt": n}))
-            return -1.0
-        self.metrics.count("retries")
-        self._emit(
-            Event("retry", self.name, {"attempt": n, "delay": wait, "error": type(exc).__name__})
-        )
-        return wait
 
     # ------------------------------------------------------------- sync call
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ._attempts import admit, count_full, wait_slot
 from ._timeout import Deadline
 from .exceptions import BulkheadFullError, GuardTimeoutError
 
@@ -39,7 +40,7 @@ class AttemptScope:
             return False
         guard.metrics.start()
         try:
-            self._permit = guard._admit(guard.breaker)
+            self._permit = admit(guard, guard.breaker)
         except BaseException:
             guard.metrics.finish(-1, 0.0)
             raise
@@ -63,11 +64,11 @@ class AttemptScope:
             try:
                 slot = bulkhead.enter(loop)
                 if slot is not None:
-                    await guard._wait_slot(bulkhead, slot, loop, None)
+                    await wait_slot(guard, bulkhead, slot, loop, None)
             except BaseException as exc:
                 self._unwind_admit()
                 if isinstance(exc, BulkheadFullError):
-                    guard._count_full()
+                    count_full(guard)
                 raise
         self._bulkhead = bulkhead is not None and guard.mode == "enforce"
         if self._limit is not None and task is not None and guard.mode == "enforce":

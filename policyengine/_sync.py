@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._attempts import admit, count_full, retry_wait
 from ._events import Event
 from .exceptions import BulkheadFullError, GuardTimeoutError, RejectedError
 
@@ -67,7 +68,7 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
             if deadline is not None and time.monotonic() >= deadline:
                 m.count("timeouts")
                 raise GuardTimeoutError(guard.name, "total", total or 0.0)
-            permit = guard._admit(breaker)
+            permit = admit(guard, breaker)
             if bulkhead is not None:
                 try:
                     bulkhead.acquire_sync(None if deadline is None else deadline - time.monotonic())
@@ -75,9 +76,7 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
                     if breaker is not None:
                         breaker.on_release(permit)
                     if isinstance(exc, BulkheadFullError):
-                        m.count("bulkhead_full")
-                        if guard._emit.hot:
-                            guard._emit(Event("rejected", guard.name, {"reason": "bulkhead_full"}))
+                        count_full(guard)
                     raise
             started = clock.now()
             a0 = time.monotonic()
@@ -94,7 +93,7 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
                 if breaker is not None:
                     breaker.on_failure(permit, exc, clock.now() - started)
                 remaining = None if deadline is None else deadline - time.monotonic()
-                wait = guard._retry_wait(exc, n, previous, remaining)
+                wait = retry_wait(guard, exc, n, previous, remaining)
                 if wait < 0:
                     raise
                 clock.sleep_sync(wait)
