@@ -21,9 +21,14 @@ States and transitions (each one emits exactly one ``state_change`` event, after
   trips (reads ``"closed"``). Removing `force` starts afresh in closed.
 
 Transitions out of open and half_open happen lazily, when `acquire`, `state` or `retry_after`
-reads the clock: the breaker runs no timers. A probe's outcome or release and a `reconfigure`
-apply the due transition first, so nothing depends on whether anyone read the state meanwhile
-(a probe that hung past `half_open_max_wait` is stale when it returns, scraped or not).
+reads the clock: the breaker runs no timers. Each is timed from when it fell due, not from when
+somebody looked: a hung probe re-opens the breaker at its start + `half_open_max_wait` (at the
+`reconfigure` itself if that shortened the wait below the probe's age: a new wait never applies
+retroactively), its open period runs from then, and if that period too has passed by the time
+anyone looks, the same read moves on to half_open (two transitions, two events, in order). A
+probe's outcome or release and a `reconfigure` apply the due transitions first, so nothing
+depends on whether anyone read the state meanwhile, or when (a probe that hung past
+`half_open_max_wait` is stale when it returns, scraped or not).
 
 Permits: a closed call gets ``generation << 1`` (even), a probe ``probe_id << 1 | 1`` (odd, the
 id is unique and lives only until the next transition), an observe-mode call that enforcement
@@ -80,6 +85,7 @@ class Breaker:
         "_open_until",
         "_opened_at",
         "_options",
+        "_options_since",
         "_probe_seq",
         "_probe_slow",
         "_probe_successes",
@@ -122,6 +128,7 @@ class Breaker:
         self._probe_seq = 0
         self._probe_successes = 0
         self._probe_slow = 0
+        self._options_since = clock.now()  # when the options in force took effect
         self._configure(options)
         self._window = self._build_window()
         if options.force is not None:
@@ -177,6 +184,7 @@ class Breaker:
             due = self._refresh(now)  # what fell due under the old options happens first
             old_force, old_shape = self._options.force, self._shape
             self._configure(options)
+            self._options_since = now  # a new max wait cannot make a probe hung before now
             result = "kept"
             if self._shape != old_shape:
                 self._window = self._build_window()
@@ -186,8 +194,7 @@ class Breaker:
                 event = self._apply_force(options.force)
             elif self._state == _HALF_OPEN and self._probe_successes >= self._half_open_calls:
                 event = self._settle_probes()
-        if due is not None:
-            self._emit(due)
+        self._emit_all(due)
         if event is not None:
             self._emit(event)
         return result
@@ -212,7 +219,7 @@ class Breaker:
         now = self._now()
         retry_after = 0.0
         with self._lock:
-            event = self._refresh(now)
+            due = self._refresh(now)
             state = self._state
             permit = self._closed_permit
             if state == _HALF_OPEN:
@@ -226,8 +233,7 @@ class Breaker:
                 retry_after = self._open_until - now
             elif state == _FORCED_OPEN:
                 retry_after = self._open_duration
-        if event is not None:
-            self._emit(event)
+        self._emit_all(due)
         if permit >= 0:
             return permit
         return self._reject(retry_after, _NAMES[state])
@@ -267,12 +273,13 @@ class Breaker:
         if permit > 0 and permit & 1:
             now = self._now()
             with self._lock:
-                event = self._refresh(now)  # a probe that hung too long re-opened it
+                due = self._refresh(now)  # a probe that hung too long re-opened it
                 self._probes.pop(permit >> 1, None)
-            if event is not None:
-                self._emit(event)
+            self._emit_all(due)
 
     def _success(self, permit: int, slow: bool) -> Event | None:
+        """Count a success; the transition it causes, if any, is returned for the caller to
+        emit. (The due transitions a probe's outcome applies first are emitted here.)"""
         with self._lock:
             if permit == self._closed_permit:
                 self._consecutive = 0
@@ -281,19 +288,19 @@ class Breaker:
                     return None
                 window.record(False, slow)
                 return self._judge(window)
-            if permit > 0 and permit & 1:
-                due = self._refresh(self._now())
-                if due is not None:
-                    return due  # a due transition ended the probe's period: stale
-                if self._probes.pop(permit >> 1, None) is None:
-                    return None
+            if not (permit > 0 and permit & 1):
+                return None
+            due = self._refresh(self._now())
+            if not due and self._probes.pop(permit >> 1, None) is not None:
                 self._probe_successes += 1
                 self._probe_slow += slow
                 if self._probe_successes >= self._half_open_calls:
                     return self._settle_probes()
-            return None
+        self._emit_all(due)  # a due transition ended the probe's period: it is stale
+        return None
 
     def _failure(self, permit: int, slow: bool) -> Event | None:
+        """Count a failure, as `_success` does."""
         with self._lock:
             if permit == self._closed_permit:
                 self._consecutive += 1
@@ -305,14 +312,14 @@ class Breaker:
                 if self._consecutive >= self._trip_after:
                     return self._trip("consecutive_failures", self._now())
                 return None if window is None else self._judge(window)
-            if permit > 0 and permit & 1:
-                now = self._now()
-                due = self._refresh(now)
-                if due is not None:
-                    return due  # a due transition ended the probe's period: stale
-                if self._probes.pop(permit >> 1, None) is not None:
-                    return self._reopen("probe_failed", now)
-            return None
+            if not (permit > 0 and permit & 1):
+                return None
+            now = self._now()
+            due = self._refresh(now)
+            if not due and self._probes.pop(permit >> 1, None) is not None:
+                return self._reopen("probe_failed", now)
+        self._emit_all(due)  # a due transition ended the probe's period: it is stale
+        return None
 
     def _judge(self, window: Window) -> Event | None:
         """Trip if a rate rule is met (under the lock, after recording an outcome)."""
@@ -336,16 +343,27 @@ class Breaker:
 
     # -- transitions (under the lock; a shared backend overrides these) ------------------------
 
-    def _refresh(self, now: float) -> Event | None:
-        """The lazy, clock-driven transitions: open -> half_open, hung probe -> open."""
+    def _refresh(self, now: float) -> tuple[Event, ...]:
+        """The lazy, clock-driven transitions due by `now`: open -> half_open, hung probe ->
+        open. Each is timed from when it fell due, not from `now` (when somebody looked), so a
+        hung probe's re-open may itself be over by `now`: then half_open follows. Returns their
+        events, in order, for the caller to emit after the lock (`_emit_all`)."""
         state = self._state
-        if state == _OPEN and now >= self._open_until:
-            return self._half_open(now)
-        if state == _HALF_OPEN and self._max_wait is not None and self._probes:
+        if state == _OPEN:
+            if now >= self._open_until:
+                return (self._half_open(now),)
+        elif state == _HALF_OPEN and self._max_wait is not None and self._probes:
             oldest = next(iter(self._probes.values()))
-            if now - oldest >= self._max_wait:
-                return self._reopen("probe_timeout", now)
-        return None
+            hung_at = max(oldest + self._max_wait, self._options_since)
+            if now >= hung_at:
+                reopened = self._reopen("probe_timeout", hung_at)
+                return (reopened, *self._refresh(now))  # its open period may be over too
+        return ()
+
+    def _emit_all(self, events: tuple[Event, ...]) -> None:
+        """Emit the events of `_refresh` (after the lock), in order."""
+        for event in events:
+            self._emit(event)
 
     def _trip(self, reason: str, now: float) -> Event:
         """closed -> open."""
@@ -423,10 +441,9 @@ class Breaker:
         """The state after any due lazy transition."""
         now = self._now()
         with self._lock:
-            event = self._refresh(now)
+            due = self._refresh(now)
             state = self._state
-        if event is not None:
-            self._emit(event)
+        self._emit_all(due)
         return state
 
     @property
@@ -447,7 +464,7 @@ class Breaker:
         now = self._now()
         wait = 0.0
         with self._lock:
-            event = self._refresh(now)
+            due = self._refresh(now)
             state = self._state
             if state == _OPEN:
                 wait = self._open_until - now
@@ -456,8 +473,7 @@ class Breaker:
                     wait = self._probe_wait_left(now)
             elif state == _FORCED_OPEN:
                 wait = self._open_duration
-        if event is not None:
-            self._emit(event)
+        self._emit_all(due)
         return max(wait, 0.0)
 
     @property

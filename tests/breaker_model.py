@@ -43,6 +43,11 @@ EXCEPTIONS: dict[str, type[BaseException]] = {
 }
 
 
+def public(state: str) -> str:
+    """The state's name as the breaker reports it: a forced close reads "closed"."""
+    return "closed" if state == "forced_closed" else state
+
+
 def make_exception(kind: str) -> BaseException:
     if kind == "timeout":
         return GuardTimeoutError("svc", "attempt", 1.0)
@@ -128,8 +133,12 @@ class BreakerModel:
         self.next_probe = 0
         self.probe_successes = 0
         self.probe_slow = 0
+        self.options_since = now  # when the options in force took effect
+        # Every transition, as (from, to) of the public names: one `state_change` event each.
+        self.transitions: list[tuple[str, str]] = []
         if self.cfg.force is not None:
             self._enter("forced_open" if self.cfg.force == "open" else "forced_closed")
+            self.transitions.clear()  # a breaker built forced emits nothing
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -141,7 +150,11 @@ class BreakerModel:
         return self.cfg.window_size
 
     def _enter(self, state: str) -> None:
-        """Every transition: a new generation, no probes."""
+        """Every transition: a new generation, no probes, and an event unless the public name
+        stays the same (closed <-> forced closed both read "closed")."""
+        before, after = (public(s) for s in (self.state, state))
+        if before != after:
+            self.transitions.append((before, after))
         self.state = state
         self.generation += 1
         self.probes.clear()
@@ -192,21 +205,32 @@ class BreakerModel:
 
     # -- the lazy, clock-driven rules --------------------------------------------------------
 
+    def _hung_at(self) -> float | None:
+        """When the half-open period ends for a hung probe: max_wait after the oldest probe
+        started, but not before the options that set this max_wait took effect."""
+        if self.state != "half_open" or self.cfg.max_wait is None or not self.probes:
+            return None
+        return max(min(self.probes.values()) + self.cfg.max_wait, self.options_since)
+
     def refresh(self, now: float) -> bool:
         """open -> half_open once open_duration has passed; a hung probe re-opens.
 
         Applied when anything looks at the clock: an admission, a read of the state, a
-        probe's outcome or release, a reload. True if a transition happened.
+        probe's outcome or release, a reload. Every transition due by `now` happens, one after
+        the other, each at the time it fell due (not at `now`): a hung probe re-opens at
+        `_hung_at`, and if that open period is over by `now` too, half_open follows.
+        True if a transition happened.
         """
-        if self.state == "open" and now >= self.open_until:
-            self._enter("half_open")
-            return True
-        if self.state == "half_open" and self.cfg.max_wait is not None and self.probes:
-            oldest = min(self.probes.values())
-            if now - oldest >= self.cfg.max_wait:
-                self._reopen(now)
-                return True
-        return False
+        changed = False
+        while True:
+            hung_at = self._hung_at()
+            if self.state == "open" and now >= self.open_until:
+                self._enter("half_open")
+            elif hung_at is not None and now >= hung_at:
+                self._reopen(hung_at)
+            else:
+                return changed
+            changed = True
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -304,6 +328,7 @@ class BreakerModel:
         self.refresh(now)  # what fell due under the old options happens first
         old_force, old_shape = self.cfg.force, self._shape()
         self.cfg = Config.from_dict(raw)
+        self.options_since = now
         result = "kept"
         if self._shape() != old_shape:
             self.window = self._new_window()
@@ -322,7 +347,7 @@ class BreakerModel:
 
     def public_state(self, now: float) -> str:
         self.refresh(now)
-        return "closed" if self.state == "forced_closed" else self.state
+        return public(self.state)
 
     def retry_after(self, now: float) -> float:
         if self.state in ("closed", "forced_closed"):

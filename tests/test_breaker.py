@@ -786,3 +786,140 @@ def test_open_backoff_never_overflows() -> None:
         clock.advance(b.retry_after())
         fail(b)
     assert b.retry_after() == 3600
+
+
+# -- a hung probe noticed late: every lazy transition is timed from when it fell due -----------
+
+
+def hung_probe_breaker(**values: Any) -> tuple[Breaker, list[Event], FakeClock, int, float]:
+    """Tripped at `start`, half-open at +30 where a probe starts and hangs (max wait 10s)."""
+    options = {"consecutive_failures": 1, "open_duration": "30s", "half_open_max_wait": "10s"}
+    b, events, clock = make(**{**options, **values})
+    start = clock.now()
+    fail(b)
+    clock.advance(b.retry_after())
+    hung = b.acquire()
+    return b, events, clock, hung, start
+
+
+def test_a_hung_probe_noticed_late_reopens_when_due_and_its_open_period_runs_from_then() -> None:
+    """Regression: the re-open was stamped when somebody looked, so after a quiet spell the
+    breaker re-opened late and recovery waited up to one more `open_duration`."""
+    b, events, clock, hung, start = hung_probe_breaker()
+    probe_start = start + 30
+    clock.advance(100)  # nobody calls: the probe hung at +10, that open period ended at +40
+    probe = b.acquire()  # so a caller gets a probe now, not a rejection until +130
+    assert probe & 1
+    assert b.state == "half_open"
+    assert b.snapshot()["opened_at"] == probe_start + 10
+    assert changes(events) == [
+        ("closed", "open", "consecutive_failures"),
+        ("open", "half_open", "open_duration_elapsed"),
+        ("half_open", "open", "probe_timeout"),
+        ("open", "half_open", "open_duration_elapsed"),
+    ]
+    assert events[2].data["open_for"] == 30
+    b.on_success(hung, 110.0)  # the hung probe finally returns: stale
+    assert b.state == "half_open"
+    b.on_success(probe, 0.0)
+    assert b.state == "closed"
+    assert len(changes(events)) == 5
+
+
+@pytest.mark.parametrize(
+    "notice", ["state", "retry_after", "success", "failure", "release", "reconfigure"]
+)
+def test_whatever_notices_a_hung_probe_late_applies_both_transitions(notice: str) -> None:
+    b, events, clock, hung, start = hung_probe_breaker()
+    clock.advance(100)
+    if notice == "state":
+        assert b.state == "half_open"
+    elif notice == "retry_after":
+        assert b.retry_after() == 0.0
+    elif notice == "success":
+        b.on_success(hung, 100.0)  # stale: its half-open period ended at +10
+    elif notice == "failure":
+        b.on_failure(hung, Boom(), 100.0)  # stale too: no second re-open
+    elif notice == "release":
+        b.on_release(hung)
+    else:
+        b.reconfigure(opts(consecutive_failures=1, open_duration="30s", half_open_max_wait="10s"))
+    assert changes(events)[1:] == [
+        ("open", "half_open", "open_duration_elapsed"),
+        ("half_open", "open", "probe_timeout"),
+        ("open", "half_open", "open_duration_elapsed"),
+    ]
+    snap = b.snapshot()
+    assert (snap["state"], snap["opened_at"], snap["reopens"]) == ("half_open", start + 40, 1)
+    assert snap["probes_in_flight"] == 0
+    assert len(changes(events)) == 4  # and each exactly once
+
+
+@pytest.mark.parametrize("looks", [(), (12,), (10,), (10, 12, 20, 34.5), (34.75,)])
+def test_when_anyone_looked_at_a_hung_probe_does_not_change_when_it_recovers(
+    looks: tuple[float, ...],
+) -> None:
+    """Reading the state during the quiet spell (at `looks`, seconds after the probe started)
+    or never: the same re-open time, the same open_until, the same state at +35 and +40."""
+    b, events, clock, _, start = hung_probe_breaker()
+    probe_start = start + 30
+    for at in looks:
+        clock.advance(probe_start + at - clock.now())
+        assert b.state == ("open" if at >= 10 else "half_open")
+    clock.advance(probe_start + 35 - clock.now())
+    assert b.retry_after() == pytest.approx(5)  # re-opened at +10, for 30s
+    with pytest.raises(CircuitOpenError) as info:
+        b.acquire()
+    assert info.value.retry_after == pytest.approx(5)
+    snap = b.snapshot()
+    assert snap["state"] == "open"
+    assert snap["opened_at"] == probe_start + 10
+    assert snap["open_until"] == probe_start + 40
+    clock.advance(5)
+    assert b.state == "half_open"
+    assert [to for _, to, _ in changes(events)] == ["open", "half_open", "open", "half_open"]
+
+
+def test_a_hung_probe_reopens_with_the_grown_backoff_duration_from_when_it_fell_due() -> None:
+    b, events, clock = make(
+        consecutive_failures=1,
+        open_duration="10s",
+        half_open_max_wait="5s",
+        open_backoff={"multiplier": 2.0, "max": "2m"},
+    )
+    start = clock.now()
+    fail(b)  # open for 10s
+    clock.advance(10)
+    b.acquire()  # a probe at +10 hangs: due at +15, re-open for 20s (one re-open), to +35
+    clock.advance(20)
+    assert b.state == "open"
+    assert b.retry_after() == pytest.approx(5)
+    snap = b.snapshot()
+    assert (snap["opened_at"], snap["open_until"], snap["reopens"]) == (start + 15, start + 35, 1)
+    clock.advance(5)
+    b.acquire()  # a probe at +35 hangs: due at +40, re-open for 40s (two re-opens), to +80
+    clock.advance(65)  # nobody looks until +100: open since +40, half-open since +80
+    assert b.state == "half_open"
+    assert b.snapshot()["opened_at"] == start + 40
+    opens = [e.data["open_for"] for e in events if e.data.get("to") == "open"]
+    assert opens == [10, 20, 40]
+    assert [to for _, to, _ in changes(events)] == ["open", "half_open"] * 3
+
+
+def test_a_reload_shortening_the_max_wait_does_not_reopen_before_the_reload() -> None:
+    """A probe already past the new `half_open_max_wait` counts as hung from the reload on,
+    not retroactively (so its open period runs from the reload)."""
+    b, events, clock = make(consecutive_failures=1, open_duration="30s")
+    fail(b)
+    clock.advance(30)
+    b.acquire()
+    clock.advance(100)
+    reloaded_at = clock.now()
+    b.reconfigure(opts(consecutive_failures=1, open_duration="30s", half_open_max_wait="10s"))
+    clock.advance(50)  # nobody looks until well after: re-opened at the reload, for 30s
+    assert b.state == "half_open"
+    assert b.snapshot()["opened_at"] == reloaded_at
+    assert changes(events)[-2:] == [
+        ("half_open", "open", "probe_timeout"),
+        ("open", "half_open", "open_duration_elapsed"),
+    ]

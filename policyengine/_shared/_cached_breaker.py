@@ -135,12 +135,12 @@ class CachedBreaker(Breaker):
         self._local_open = False
         return super()._close(reason)
 
-    def _refresh(self, now: float) -> Event | None:
+    def _refresh(self, now: float) -> tuple[Event, ...]:
         if self._fail_mode == "open" and self._degraded and self._state == _OPEN:
             if now >= self._open_until:
                 self._open_until = now + HOLD  # stays open until the store is back
-            return None
-        return super()._refresh(now)
+            return ()
+        return super()._refresh(now)  # (which calls this again after a hung probe's re-open)
 
     def _apply_force(self, force: str | None) -> Event | None:
         event = super()._apply_force(force)
