@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -156,7 +157,7 @@ def peers() -> dict[str, Body]:
 
 async def rejection_us(
     engine: policyengine.Engine, n: int, repeats: int
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     tripped = engine.guard("tripped")
     try:
         await tripped.call(_fail)
@@ -176,11 +177,20 @@ async def rejection_us(
         except ValueError:
             pass
 
+    async def raises() -> None:
+        raise ValueError("x")
+
+    async def awaited_raise() -> None:
+        # the least any awaitable rejection can cost: a coroutine that only raises
+        try:
+            await raises()
+        except ValueError:
+            pass
+
     async def refuse() -> None:
         raise CircuitOpenError("tripped", 1.0)
 
-    async def awaited_raise() -> None:
-        # the least any awaitable rejection can cost: a coroutine that only raises the error
+    async def awaited_refusal() -> None:
         try:
             await refuse()
         except CircuitOpenError:
@@ -189,6 +199,7 @@ async def rejection_us(
     return (
         await per_call_us(raise_catch, n, repeats),
         await per_call_us(awaited_raise, n, repeats),
+        await per_call_us(awaited_refusal, n, repeats),
         await per_call_us(rejected, n, repeats),
     )
 
@@ -249,12 +260,15 @@ async def main(quick: bool) -> None:
         print(
             f"\npyresilience / full guard: {rows['pyresilience retry+breaker+timeout'] / full:.2f}x"
         )
-    raise_us, awaited_us, reject_us = await rejection_us(engine, n, repeats)
-    print(
-        f"open rejection {reject_us:.2f} us; raise+catch {raise_us:.2f} us "
-        f"(ratio {reject_us / raise_us:.2f}); awaited raise of CircuitOpenError "
-        f"{awaited_us:.2f} us (ratio {reject_us / awaited_us:.2f})"
-    )
+    raise_us, awaited_us, refusal_us, reject_us = await rejection_us(engine, n, repeats)
+    print(f"open rejection {reject_us:.2f} us, against:")
+    for label, us in (
+        ("raise+catch in a coroutine", raise_us),
+        ("a coroutine raising ValueError", awaited_us),
+        ("a coroutine raising CircuitOpenError", refusal_us),
+    ):
+        print(f"  {label:38} {us:5.2f} us  (rejection / this: {reject_us / us:.2f})")
+    print(f"  (a coroutine raising ValueError is itself {awaited_us / raise_us:.2f}x raise+catch)")
     peer = await peer_rejection_us(n, repeats)
     if peer is not None:
         print(f"circuitbreaker open rejection {peer:.2f} us; ours / theirs {reject_us / peer:.2f}")
@@ -273,10 +287,17 @@ async def main(quick: bool) -> None:
 
     bulk = engine.guard("bulkhead_only")
     full_g = engine.guard("full")
-    t_sem = await throughput_us(plain_sem, tasks, each)
-    t_bulk = await throughput_us(lambda: bulk.call(sleeper), tasks, each)
-    t_full = await throughput_us(lambda: full_g.call(sleeper), tasks, each)
-    print(f"\nthroughput, {tasks} tasks x {each} calls, limit 100 (us/call):")
+    cases: dict[str, Callable[[], Awaitable[object]]] = {
+        "sem": plain_sem,
+        "bulk": lambda: bulk.call(sleeper),
+        "full": lambda: full_g.call(sleeper),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(1 if quick else 5):  # interleaved rounds, medians: one slow round is noise
+        for name, call in cases.items():
+            runs[name].append(await throughput_us(call, tasks, each))
+    t_sem, t_bulk, t_full = (statistics.median(runs[name]) for name in cases)
+    print(f"\nthroughput, {tasks} tasks x {each} calls, limit 100 (us/call, median of rounds):")
     print(f"  Semaphore(100)      {t_sem:7.2f}")
     print(f"  bulkhead-only guard {t_bulk:7.2f}  ({t_bulk / t_sem:.2f}x)")
     print(f"  full guard          {t_full:7.2f}  ({t_full / t_sem:.2f}x)")
