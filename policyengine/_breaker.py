@@ -173,6 +173,10 @@ class Breaker:
             return CountWindow(int(shape[1]))
         return TimeWindow(shape[1], self._now)
 
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (a thread of the parent may have held this one)."""
+        self._lock = threading.Lock()
+
     def reconfigure(self, options: BreakerOptions) -> str:
         """Apply reloaded options, keeping the state. ``"window_reset"`` if the window was rebuilt.
 

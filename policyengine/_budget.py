@@ -80,6 +80,10 @@ class RetryBudget:
         self._slot = self._head % self._slots
         self._lock = threading.Lock()
 
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (a thread of the parent may have held this one)."""
+        self._lock = threading.Lock()
+
     def _advance(self, index: int) -> None:
         """Move the ring forward to bucket `index` > the current one (lock held)."""
         head = self._head

@@ -210,6 +210,18 @@ class Bulkhead:
             if self._pool is not None and self._pool._max_workers < max_concurrent:
                 self._pool._max_workers = max_concurrent
 
+    def _after_fork(self) -> bool:
+        """In a forked child (see `_fork`): a fresh lock, no waiters (their threads and loops
+        are the parent's), and no pool: the inherited one counts workers that do not exist here,
+        so the next call starts a new one. True if a pool was dropped. Permits held by calls in
+        flight in the parent's other threads stay counted (those calls never end here)."""
+        self._lock = threading.Lock()
+        for waiter in self._waiters:
+            waiter.state = _GONE
+        self._waiters = deque()
+        pool, self._pool = self._pool, None
+        return pool is not None
+
     def close(self) -> None:
         """Let the pool's threads end; a later call starts a new pool (guards outlive close)."""
         pool, self._pool = self._pool, None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from typing import Any
 from ._clock import Clock, MonotonicClock
 from ._compile import compile_guards
 from ._events import Event, Listener, Listeners
+from ._fork import track
 from ._guard import Guard
 from ._handle import GuardHandle
 from ._loader import PolicySet, load_path
@@ -25,6 +27,8 @@ from ._models import StateOptions
 from .exceptions import PolicyIssue, PolicyValidationError, UnknownGuardError
 
 __all__ = ["Engine"]
+
+logger = logging.getLogger("policyengine")
 
 
 def _utcnow() -> str:
@@ -61,6 +65,7 @@ class Engine:
         self._state_options = policy_set.state
         self._state_backend = self._make_state_backend(policy_set.state)
         self.apply(policy_set, initial=True)
+        track(self)  # repaired in a forked child (see `_fork`)
 
     # ------------------------------------------------------------ look-ups
     @property
@@ -154,7 +159,7 @@ class Engine:
         for event in deferred:
             self._emit(event)
         if not initial and policy_set.state != self._state_options:
-            logging.getLogger("policyengine").warning(
+            logger.warning(
                 "[state] changed in %s: the state backend is set up at start, so this "
                 "change applies when the process restarts",
                 ", ".join(policy_set.sources),
@@ -261,6 +266,42 @@ class Engine:
                 guard.bulkhead.close()
         if self._state_backend is not None:
             self._state_backend.close()
+
+    def _after_fork(self) -> None:
+        """In a child just forked (see `_fork`): make this engine work without the parent's
+        threads. Locks first (a thread of the parent may have held one), then the state backend,
+        then the watcher, whose first look reloads through both. A closed engine stays closed."""
+        self._lock = threading.Lock()
+        self._reload_lock = threading.RLock()
+        self.listeners.release()  # a hold taken mid-reload by a thread the child does not have
+        done: set[int] = set()
+        parts: list[Any] = []
+        pools = 0
+        backend = self._state_backend
+        breakers = [] if backend is None else backend.shared_breakers()
+        for guard in (*self._guards.values(), *self._removed.values()):
+            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard._budget)
+        for part in (*parts, *breakers):
+            if part is None or id(part) in done:
+                continue
+            done.add(id(part))
+            if part._after_fork():  # only a bulkhead says True: it dropped its thread pool
+                pools += 1
+        restarted: list[str] = []
+        if backend is not None and backend._after_fork():
+            restarted.append("the Redis state backend (new loop, thread and connections)")
+        watcher = self._watcher
+        if watcher is not None and not self._closed and watcher._after_fork():
+            restarted.append(f"the watcher of {watcher.path}")
+        if pools:
+            restarted.append(f"{pools} thread pool(s), started again at their next call")
+        logger.log(
+            logging.DEBUG if self._closed else logging.INFO,
+            "policyengine: forked process %d (parent %d): %s; locks renewed",
+            os.getpid(),
+            os.getppid(),
+            "restarted " + ", ".join(restarted) if restarted else "nothing to restart",
+        )
 
     def __enter__(self) -> Engine:
         return self

@@ -71,6 +71,10 @@ class GuardMetrics:
         self.duration_sum = 0.0
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
 
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (a thread of the parent may have held this one)."""
+        self.lock = threading.Lock()
+
     def start(self) -> None:
         """One guarded call began (the async hot path inlines this)."""
         with self.lock:

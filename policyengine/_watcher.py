@@ -21,6 +21,11 @@ The thread runs watchfiles' `RustNotify` (the engine behind `watchfiles.watch`) 
 `threading.Event` as its stop event, so it needs no asyncio loop and `stop()` returns within
 about `step_ms`. The notifier is created in `start()`, so the watch is in place when `start()`
 returns; the thread then re-reads once, catching an edit made between the load and the watch.
+
+After `os.fork()` the child has no watcher thread and the notifier's own Rust thread is gone too:
+`_after_fork` (run by the engine's fork hook, see `_fork`) starts a new notifier and thread. The
+inherited notifier is abandoned, never used nor closed: a lock its dead Rust thread held would
+block either for ever, and its inotify and wake-up descriptors are shared with the parent's.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from watchfiles._rust_notify import RustNotify
+
+from ._fork import abandon
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -126,6 +133,25 @@ class Watcher:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)  # the thread closes the notifier on its way out
+
+    def _after_fork(self) -> bool:
+        """In a forked child: watch again if the parent was watching (True), with a new
+        notifier, stop event and thread. A watcher that was stopped (or never started) stays so.
+        """
+        if self._thread is None or self._stop.is_set():
+            return False
+        notify, self._notify = self._notify, None
+        if notify is not None:
+            abandon(notify)
+        self._stop = threading.Event()
+        if self._thread is threading.current_thread():
+            # forked by a listener on this very thread, which goes on: it only needs a notifier
+            if not self.polling:
+                self._notify = self._open()
+            return True
+        self._thread = None
+        self.start()  # the new thread looks once at start: an edit made around the fork counts
+        return True
 
     # ---------------------------------------------------------------- loop
     def _linked_directory(self) -> Path | None:

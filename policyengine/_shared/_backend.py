@@ -11,6 +11,12 @@ script is never re-run (a batch whose reply was lost is dropped, never sent twic
 failure marks the backend degraded and every shared breaker falls back to `on_error`; a PING every
 `RECOVER_EVERY` seconds looks for the store, and once it answers each breaker reconverges (a local
 open state is published, otherwise Redis wins) before it goes back to shared mode.
+
+After `os.fork()` the child has no loop thread: `_after_fork` (run by the engine's fork hook, see
+`_fork`) gives it a loop, thread, clients and asyncio primitives of its own, and abandons the
+inherited ones unclosed (their sockets and epoll instance are the parent's too). The breakers stay
+registered and resync at the child's first tick; the outcomes they had batched are the parent's
+to report. A degraded backend stays degraded and recovers as in the parent.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from redis.exceptions import NoScriptError
 from .._breaker import Breaker
 from .._clock import Clock
 from .._events import Event
+from .._fork import abandon
 from .._models import Policy, StateOptions
 from ._cached_breaker import CachedBreaker
 from ._listener import listen
@@ -132,6 +139,36 @@ class RedisBackend:
             self._thread.join(self.timeout * 4 + 1.0)
         for breaker in list(self._breakers.values()):
             breaker.detach()
+
+    def shared_breakers(self) -> list[CachedBreaker]:
+        return list(self._breakers.values())
+
+    def _after_fork(self) -> bool:
+        """In a forked child: a loop, thread and clients of its own (True), the thread started
+        at once if the parent's was. A closing or closed backend stays closed (False)."""
+        abandon(self._loop, self._client, self.subscriber, self._tasks, self._listener)
+        self._lock = threading.Lock()
+        started = self._thread.ident is not None
+        self._tasks = set()
+        self._listener = None
+        self._op_locks = {}
+        self._wake = asyncio.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="policyengine-redis", daemon=True)
+        if self._closing:
+            self._loop.close()  # wake() and submit() find a closed loop, as after close()
+            for breaker in list(self._breakers.values()):
+                breaker.detach()
+            return False
+        self._client = make_client(self.options.url, self.timeout, self.timeout)
+        self.subscriber = make_client(self.options.url, None, self.timeout)
+        self._connected = False  # until this process's own first reply
+        self._resync_at = 0.0  # read every breaker at the first tick
+        for breaker in list(self._breakers.values()):
+            breaker.take_batch()  # counted by the parent, which reports them
+        if started:
+            self._thread.start()
+        return True
 
     # -- the breakers' side (any thread) -------------------------------------------------------
 
