@@ -1,4 +1,4 @@
-"""Testing helpers: a clock that tests move by hand.
+"""Testing helpers: a clock that tests move by hand, and your policies isolated per test.
 
     clock = FakeClock()
     engine = policyengine.loads(text, clock=clock)
@@ -6,14 +6,32 @@
 
 `await clock.sleep(s)` returns at once and moves the clock forward by `s`, so retries with
 backoff run instantly and their delays can be read from `clock.sleeps`.
+
+For the tests of an application that calls `guard(name)`, `isolated()` loads the application's
+own policies into a fresh engine for each test (stamina's testing mode, for a whole policy file):
+
+    @pytest.fixture(autouse=True)
+    def policies():
+        with policyengine.testing.isolated(attempts=1) as engine:
+            yield engine
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import os
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["FakeClock"]
+from . import _default
+from ._engine import Engine
+from ._loader import PolicySet, load_path
+from ._models import Policy, StateOptions
+
+__all__ = ["FakeClock", "isolated"]
 
 
 class FakeClock:
@@ -42,3 +60,53 @@ class FakeClock:
         with self._lock:
             self.sleeps.append(seconds)
             self._now += seconds
+
+
+@contextlib.contextmanager
+def isolated(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    attempts: int | None = None,
+    clock: FakeClock | None = None,
+) -> Iterator[Engine]:
+    """Your policies in an engine of their own, made the default behind `guard(name)`.
+
+    `source` is a policy file or directory; by default the one the default engine would load
+    (`$POLICYENGINE_FILE`, else ``policies/policies.toml``). The engine runs on `clock` (a new
+    `FakeClock` if None): backoff sleeps return at once, and breaker time moves only when the
+    test moves it. State is in memory whatever `[state]` says, so no test needs Redis and no
+    breaker tripped in one test rejects calls in the next. `attempts` caps every policy's
+    `retry.max_attempts` (``attempts=1``: no retries; stamina's ``set_testing(attempts=1)``).
+    On exit the previous default engine is back and this one is closed.
+    """
+    if attempts is not None and attempts < 1:
+        raise ValueError(f"attempts must be at least 1 (1: no retries), not {attempts}")
+    path = Path(source or os.environ.get("POLICYENGINE_FILE") or _default.DEFAULT_FILE)
+    policy_set = _for_tests(load_path(path), attempts)
+    engine = Engine(policy_set, clock=clock if clock is not None else FakeClock(), path=path)
+    with _default._lock:
+        previous = _default._default
+    _default.set_default_engine(engine)
+    try:
+        yield engine
+    finally:
+        _default.set_default_engine(previous)
+        engine.close()
+
+
+def _for_tests(policy_set: PolicySet, attempts: int | None) -> PolicySet:
+    """In-memory state; every retry capped at `attempts`."""
+
+    def capped(policy: Policy) -> Policy:
+        retry = policy.retry
+        if attempts is None or retry is None or retry.max_attempts <= attempts:
+            return policy
+        return policy.model_copy(
+            update={"retry": retry.model_copy(update={"max_attempts": attempts})}
+        )
+
+    return dataclasses.replace(
+        policy_set,
+        state=StateOptions(),
+        policies={name: capped(policy) for name, policy in policy_set.policies.items()},
+    )
