@@ -12,7 +12,7 @@ own policies into a fresh engine for each test (stamina's testing mode, for a wh
 
     @pytest.fixture(autouse=True)
     def policies():
-        with policyengine.testing.isolated(attempts=1) as engine:
+        with isolated(attempts=1) as engine:  # from policyengine.testing import isolated
             yield engine
 """
 
