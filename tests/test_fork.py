@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
@@ -41,14 +42,6 @@ pytestmark = pytest.mark.skipif(
 
 WAIT = 10.0  # a file-system event or a Redis round trip: real time, so generous
 CHILD_TIMEOUT = 30.0  # the whole child, after which it is killed
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
 
 
 # -- forking -----------------------------------------------------------------------------------

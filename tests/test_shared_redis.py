@@ -22,6 +22,7 @@ from policyengine import CircuitOpenError, Engine
 from policyengine._loader import load_text
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
+from polling import wait_until  # noqa: E402
 from redis_server import RedisServer, policies, probe_worker, trip_worker  # noqa: E402
 
 pytestmark = pytest.mark.redis
@@ -70,11 +71,7 @@ def prefix() -> str:
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.002)
+    wait_until(predicate, what or repr(predicate), timeout)
 
 
 def status(engine: Engine) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 import policyengine
 from policyengine import Engine, Event
@@ -34,14 +35,6 @@ def limit_of(engine: Engine, name: str = "db") -> int:
     bulkhead = engine.guards[name].bulkhead
     assert bulkhead is not None
     return bulkhead.max_concurrent
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
 
 
 def wait_for_version(engine: Engine, text: str) -> None:
