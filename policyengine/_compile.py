@@ -9,13 +9,16 @@ reload touches nothing, and a good one keeps every breaker's state:
 - changed thresholds or durations: the same Breaker, reconfigured in place (state and window);
 - changed window shape: the same Breaker with a new window (open/closed state kept);
 - changed bulkhead limits: the same Bulkhead, resized in place (held permits stay counted);
-- a layer added: a new runtime for it; a layer removed: gone (metrics stay).
+- a layer added: a new runtime for it; a layer removed: gone (metrics stay);
+- a `shared` breaker whose state lives elsewhere than the engine's state backend now says (listed
+  in `renew`: `[state]` was changed by this reload, or by one since the guard was removed): a new
+  breaker from the new backend ("new state backend"); the rest of the guard carries over.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from ._breaker import Breaker
@@ -38,7 +41,9 @@ class CompiledSet:
     """The outcome of compiling one PolicySet against the guards in force."""
 
     guards: dict[str, Guard]
-    changes: dict[str, str]  # name -> "new" | "unchanged" | "kept state" | "reset state"
+    # name -> "new" | "unchanged" | "kept state" | "kept state, new window" | "reset state"
+    #         | "new state backend"
+    changes: dict[str, str]
     commits: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -55,16 +60,19 @@ def compile_guards(
     clock: Clock,
     emit: Listeners,
     make_breaker: BreakerFactory = _default_breaker,
+    renew: Collection[str] = (),
 ) -> CompiledSet:
+    """`renew`: names in `previous` whose breaker must not be kept, since it keeps its state in
+    another backend than `make_breaker`'s (see the module docstring)."""
     out = CompiledSet({}, {})
     for name, policy in policies.items():
         old = previous.get(name)
-        if old is not None and old.policy == policy:
+        if old is not None and old.policy == policy and name not in renew:
             out.guards[name] = old
             out.changes[name] = "unchanged"
             continue
         out.guards[name], out.changes[name] = _compile_one(
-            name, policy, old, clock, emit, make_breaker, out.commits, out.changes
+            name, policy, old, clock, emit, make_breaker, out.commits, out.changes, name in renew
         )
     return out
 
@@ -78,6 +86,7 @@ def _compile_one(
     make_breaker: BreakerFactory,
     commits: list[Callable[[], None]],
     changes: dict[str, str],
+    renew: bool = False,
 ) -> tuple[Guard, str]:
     change = "new" if old is None else "kept state"
     metrics = old.metrics if old is not None else GuardMetrics()
@@ -90,12 +99,14 @@ def _compile_one(
             and old.policy.breaker is not None
             and old.policy.breaker.shared == policy.breaker.shared
         )
-        if prev is not None and same_kind:
+        if prev is not None and same_kind and not renew:
             breaker = prev
             commits.append(_reconfigure(prev, policy, name, changes))
         else:
             breaker = make_breaker(name, policy, clock, _counting(emit, metrics))
-            if old is not None and old.breaker is not None:
+            if prev is not None and same_kind:
+                change = "new state backend"  # `renew`: state from the new store
+            elif old is not None and old.breaker is not None:
                 change = "reset state"
     bulkhead = None
     if policy.bulkhead is not None:

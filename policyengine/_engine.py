@@ -3,6 +3,13 @@
 The guards in force live in one dict that is replaced whole (never mutated) on reload, so a call
 sees either the old set or the new one, never a mix. Handles look their guard up by name at each
 call, so they stay valid across reloads. A reload that fails keeps everything as it was.
+
+`[state]` applies on reload too. Same store, url and prefix: the backend takes the new `on_error`
+and `timeout` in place (`RedisBackend.retune`; shared breakers keep their state). Otherwise the
+new backend is built aside, the guards are compiled against it (every `shared` breaker gets a new
+breaker from it: "new state backend"), both are swapped in together, and only then the old
+backend is closed: it flushes what it had batched and detaches its breakers, so calls in flight
+on the old guards finish on local state. A backend that cannot be built fails the reload.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,7 @@ from ._events import Event, Listener, Listeners
 from ._fork import track
 from ._guard import Guard
 from ._handle import GuardHandle
-from ._loader import PolicySet, load_path
+from ._loader import PolicySet, load_path, state_issue
 from ._models import StateOptions
 from .exceptions import PolicyIssue, PolicyValidationError, UnknownGuardError
 
@@ -33,6 +40,15 @@ logger = logging.getLogger("policyengine")
 
 def _utcnow() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _elsewhere(guard: Guard, backend: Any) -> bool:
+    """True if `guard`'s breaker is `shared` but keeps its state elsewhere than `backend` (None:
+    memory): it was made before a reload that changed `[state]`, and must be made anew."""
+    options = guard.policy.breaker
+    if options is None or not options.shared or guard.breaker is None:
+        return False
+    return getattr(guard.breaker, "_backend", None) is not backend
 
 
 class Engine:
@@ -61,7 +77,8 @@ class Engine:
         self._last_error: str | None = None
         self._changes: dict[str, str] = {}
         self._policy_set = policy_set
-        # [state] is read once: a reload that changes it is reported, applied on restart.
+        # the [state] in force and its backend (None: memory); both replaced by a reload that
+        # changes [state], under `_lock`, with the guards (see `apply`)
         self._state_options = policy_set.state
         self._state_backend = self._make_state_backend(policy_set.state)
         self.apply(policy_set, initial=True)
@@ -118,22 +135,48 @@ class Engine:
 
         return make_backend(state, self.clock, self._emit)
 
-    def _breaker_factory(self) -> Callable[..., Any] | None:
+    def _next_state(self, policy_set: PolicySet) -> tuple[Any, str | None]:
+        """The backend for `policy_set`'s `[state]` and how it differs from the one in force:
+        None (nothing that matters), "retuned" (the same backend, retuned at the swap) or "new
+        backend" (built here, not yet used). PolicyValidationError if it cannot be built."""
+        state, current = policy_set.state, self._state_options
         backend = self._state_backend
-        return None if backend is None else backend.breaker_factory
+        if state == current or state.backend == current.backend == "memory":
+            return backend, None  # (a memory backend has no other setting)
+        if backend is not None and backend.same_store(state):
+            return backend, "retuned"
+        try:
+            return self._make_state_backend(state), "new backend"
+        except Exception as exc:
+            raise PolicyValidationError([state_issue(policy_set, exc)]) from exc
 
     def apply(self, policy_set: PolicySet, *, initial: bool = False) -> dict[str, str]:
-        """Compile `policy_set` aside and swap it in; returns what happened to each policy."""
+        """Compile `policy_set` aside and swap it in; returns what happened to each policy.
+
+        A changed `[state]` is applied with it (see the module docstring). If its backend cannot
+        be built, PolicyValidationError is raised and nothing changes (`reload` reports it).
+        """
         with self._lock:
-            factory = self._breaker_factory()
-            kwargs = {} if factory is None else {"make_breaker": factory}
+            before = self._describe_state()
+            backend, how = (self._state_backend, None) if initial else self._next_state(policy_set)
+            if how == "new backend" and self._closed and backend is not None:
+                backend.close()  # a closed engine starts nothing: its breakers stay local
+            kwargs = {} if backend is None else {"make_breaker": backend.breaker_factory}
             # a removed policy that comes back carries over the state its handles kept using
             carried = {**self._removed, **self._guards}
-            compiled = compile_guards(
-                policy_set.policies, carried, self.clock, self.listeners, **kwargs
-            )
+            renew = {name for name, guard in carried.items() if _elsewhere(guard, backend)}
+            try:
+                compiled = compile_guards(
+                    policy_set.policies, carried, self.clock, self.listeners, renew=renew, **kwargs
+                )
+            except BaseException:
+                if how == "new backend" and backend is not None:
+                    backend.close()
+                raise
             self.listeners.hold()  # a forced state's transition is told after the reload
             try:
+                if how == "retuned":
+                    backend.retune(policy_set.state)  # degraded breakers move to the new on_error
                 for commit in compiled.commits:
                     commit()
             finally:
@@ -142,7 +185,9 @@ class Engine:
             for name in compiled.guards:
                 self._removed.pop(name, None)
             self._removed.update(removed)
+            retired = self._state_backend if how == "new backend" else None
             self._guards = compiled.guards  # the one swap
+            self._state_backend, self._state_options = backend, policy_set.state
             previous, self._policy_set = self._policy_set.version, policy_set
             self._changes = dict(compiled.changes)
             self._changes.update({n: "removed" for n in self._removed})
@@ -156,15 +201,23 @@ class Engine:
                 self._emit(Event("policy_removed", name, {"note": "handles keep the last policy"}))
             data = {"version": policy_set.version, "previous": previous, "changes": changes}
             self._emit(Event("reload", "*", data))
+        if how is not None:
+            renewed = sorted(n for n, c in compiled.changes.items() if c == "new state backend")
+            data = {"from": before, "to": self._describe_state(), "how": how, "renewed": renewed}
+            self._emit(Event("state_backend_changed", "*", data))
         for event in deferred:
             self._emit(event)
-        if not initial and policy_set.state != self._state_options:
-            logger.warning(
-                "[state] changed in %s: the state backend is set up at start, so this "
-                "change applies when the process restarts",
-                ", ".join(policy_set.sources),
-            )
+        if retired is not None:
+            retired.close()  # flushes its batches; its breakers (calls in flight) go local
         return compiled.changes
+
+    def _describe_state(self) -> dict[str, Any]:
+        """The `[state]` in force, as `status()["state"]` names it (the url redacted)."""
+        backend = self._state_backend
+        if backend is None:
+            return {"backend": "memory"}
+        status: dict[str, Any] = backend.status()
+        return {k: status[k] for k in ("backend", "url", "prefix", "on_error", "timeout")}
 
     def reload(self, *, settle: float = 0.0) -> bool:
         """Re-read the files this engine was loaded from. True if a new set was applied.
@@ -189,7 +242,11 @@ class Engine:
                 return False
             if result.version == self._policy_set.version and self._last_error is None:
                 return False
-            self.apply(result)  # also clears last_error when the files are back to the policy
+            try:
+                self.apply(result)  # also clears last_error when the files are back to the policy
+            except PolicyValidationError as exc:  # a [state] whose backend cannot be built
+                self._fail(exc)
+                return False
             return True
 
     def _read(self) -> PolicySet | PolicyValidationError:
@@ -239,7 +296,8 @@ class Engine:
                 if self._state_backend is None
                 else self._state_backend.status()
             ),
-            "state_pending_restart": ps.state != self._state_options,
+            # kept for compatibility: a reload applies [state] now, so nothing waits for a restart
+            "state_pending_restart": False,
         }
 
     # ------------------------------------------------------------ lifecycle

@@ -2,7 +2,9 @@
 
 Event names: ``state_change``, ``rejected``, ``retry``, ``timeout``, ``fallback``,
 ``budget_exhausted``, ``would_reject``, ``would_retry`` and ``would_timeout`` (observe mode),
-``reload``, ``reload_failed``, ``policy_removed``.
+``reload``, ``reload_failed``, ``policy_removed``, ``state_backend_changed`` (INFO: a reload
+applied a new ``[state]``; data ``from``/``to`` as ``status()["state"]`` says, url redacted,
+``how`` ``"retuned"`` or ``"new backend"``, ``renewed`` the policies given a new shared breaker).
 
 `log_listener` logs to the ``policyengine`` logger:
 
@@ -68,6 +70,7 @@ _LEVELS = {
     "reload": logging.INFO,
     "reload_failed": logging.ERROR,
     "policy_removed": logging.WARNING,
+    "state_backend_changed": logging.INFO,
 }
 
 
@@ -92,6 +95,16 @@ def _duration(seconds: object) -> str:
     from ._units import format_duration
 
     return format_duration(round(float(seconds), 3))
+
+
+def _store(state: dict[str, Any]) -> str:
+    """A `[state]` as `status()["state"]` names it, in a few words (the url is redacted)."""
+    if state.get("backend") != "redis":
+        return "memory"
+    return (
+        f"redis {state.get('url')} prefix={state.get('prefix')} "
+        f"on_error={state.get('on_error')} timeout={_duration(state.get('timeout'))}"
+    )
 
 
 def _message(event: Event) -> tuple[str, tuple[object, ...], dict[str, Any]]:
@@ -119,6 +132,19 @@ def _message(event: Event) -> tuple[str, tuple[object, ...], dict[str, Any]]:
         return (
             "policy %r removed by a reload; handles still using it keep its last version",
             (g,),
+            {},
+        )
+    if name == "state_backend_changed":
+        before, after = d.get("from") or {}, d.get("to") or {}
+        renewed = d.get("renewed") or []
+        return (
+            "state backend %s by a reload: %s -> %s%s",
+            (
+                "retuned" if d.get("how") == "retuned" else "replaced",
+                _store(before),
+                _store(after),
+                f"; new shared breakers for {', '.join(renewed)}" if renewed else "",
+            ),
             {},
         )
     if name == "retry":

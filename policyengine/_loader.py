@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -28,7 +29,7 @@ from ._lines import KeyPath, dotted
 from ._models import Policy, PolicyFile, StateOptions
 from .exceptions import PolicyIssue, PolicyValidationError
 
-__all__ = ["PolicySet", "load_path", "load_text"]
+__all__ = ["PolicySet", "load_path", "load_text", "state_issue"]
 
 
 @dataclass(frozen=True)
@@ -324,3 +325,27 @@ def load_path(path: str | os.PathLike[str], *, strict: bool = False) -> PolicySe
     else:
         version = _hash(texts[0][1]) if texts else _hash("")
     return _build(texts, issues, version, strict)
+
+
+def state_issue(policy_set: PolicySet, exc: Exception) -> PolicyIssue:
+    """The problem of a `[state]` that validated but whose backend cannot be built (a missing
+    redis package, a url redis-py cannot parse), located where `[state]` was written."""
+    key = "backend" if isinstance(exc, ImportError) else "url"
+    message = str(exc)
+    try:
+        password = urlsplit(policy_set.state.url).password
+    except ValueError:
+        password = None
+    if password:
+        message = message.replace(password, "***")
+    message = f"the state backend cannot be set up: {message}"
+    for source in policy_set.sources:
+        try:
+            text = _read(Path(source))
+            data = tomllib.loads(text)
+        except (OSError, ValueError):  # "<string>", or a file changed since: no line then
+            continue
+        if "state" in data:
+            return Doc(source, text, data).issue(("state", key), message)
+    source = policy_set.sources[0] if policy_set.sources else "<string>"
+    return PolicyIssue(source, None, f"state.{key}", message)

@@ -164,3 +164,33 @@ def test_levels_of_other_events(caplog: pytest.LogCaptureFixture) -> None:
         ("state_store_degraded", logging.WARNING),
         ("something_new", logging.INFO),
     ]
+
+
+def test_a_state_backend_change_is_one_readable_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="policyengine")
+    redis = {
+        "backend": "redis",
+        "url": "redis://:***@cache:6379/0",
+        "prefix": "pe",
+        "on_error": "open",
+        "timeout": 0.05,
+    }
+    data = {"from": {"backend": "memory"}, "to": redis, "how": "new backend"}
+    log_listener(Event("state_backend_changed", "*", {**data, "renewed": ["payments"]}))
+    retuned = {"from": redis, "to": {**redis, "on_error": "local"}, "how": "retuned"}
+    log_listener(Event("state_backend_changed", "*", {**retuned, "renewed": []}))
+    assert [(r.levelno, r.getMessage()) for r in records(caplog)] == [
+        (
+            logging.INFO,
+            "state backend replaced by a reload: memory -> redis redis://:***@cache:6379/0 "
+            "prefix=pe on_error=open timeout=50ms; new shared breakers for payments",
+        ),
+        (
+            logging.INFO,
+            "state backend retuned by a reload: redis redis://:***@cache:6379/0 prefix=pe "
+            "on_error=open timeout=50ms -> redis redis://:***@cache:6379/0 prefix=pe "
+            "on_error=local timeout=50ms",
+        ),
+    ]

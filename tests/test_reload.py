@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -73,6 +74,10 @@ async def fail() -> None:
 
 async def ok() -> str:
     return "ok"
+
+
+def raise_down() -> None:
+    raise ConnectionError("down")
 
 
 def breaker_of(engine: Engine, name: str = "api") -> Breaker:
@@ -495,20 +500,67 @@ def test_a_new_window_shape_is_reported_as_kept_state_with_a_new_window(clock: F
         engine.close()
 
 
-def test_a_state_section_change_is_reported_for_restart(
+def test_a_state_section_change_applies_without_restart(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    text = "[policies.api.retry]\nmax_attempts = 1\n"
+    """`[state]` applies on reload. With the memory backend its other settings mean nothing, so
+    changing them changes nothing else; `state_pending_restart` is kept (always False)."""
+    text = "[policies.api.breaker]\nconsecutive_failures = 1\nshared = true\n"
     engine = policyengine.loads(text, clock=clock, default=False)
+    seen: list[Event] = []
+    engine.add_listener(seen.append)
     try:
         assert engine.status()["state"] == {"backend": "memory"}
         assert engine.status()["state_pending_restart"] is False
-        with caplog.at_level(logging.WARNING, logger="policyengine"):
-            engine.apply(load_text('[state]\nprefix = "other"\n' + text))
-        assert engine.status()["state_pending_restart"] is True
-        assert "applies when the process restarts" in caplog.text
+        with pytest.raises(ConnectionError):
+            engine.guard("api").call_sync(raise_down)
+        breaker = breaker_of(engine)
+        with caplog.at_level(logging.INFO, logger="policyengine"):
+            engine.apply(load_text('[state]\nprefix = "other"\non_error = "open"\n' + text))
+        status = engine.status()
+        assert status["state_pending_restart"] is False
+        assert status["state"] == {"backend": "memory"}
+        assert status["policies"] == {"api": "unchanged"}
+        assert breaker_of(engine) is breaker and breaker.state == "open"  # state kept
+        assert "restart" not in caplog.text
+        assert [e.name for e in seen] == ["state_change", "reload"]  # nothing else changed
     finally:
         engine.close()
+
+
+def test_a_state_backend_that_cannot_be_built_fails_the_reload(
+    load: Callable[[str], tuple[Engine, Events]],
+    policy_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Moving to Redis without redis-py installed: rejected like any bad edit, located where
+    `[state]` says so; the policies and the memory backend in force stay, breaker state too."""
+    text = "[policies.api.breaker]\nconsecutive_failures = 1\nshared = true\n"
+    engine, events = load(text)
+    with pytest.raises(ConnectionError):
+        engine.guard("api").call_sync(raise_down)
+    breaker = breaker_of(engine)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    redis_state = '[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:1/0"\n\n'
+    policy_file.write_text(redis_state + text.replace("= 1", "= 2"))
+    assert engine.reload() is False
+    status = engine.status()
+    assert status["failed_reloads"] == 1 and status["reloads"] == 0
+    where = f"{policy_file}:2: state.backend: error: the state backend cannot be set up"
+    assert where in status["last_error"]
+    assert "pip install" in status["last_error"]
+    assert events.names() == ["reload_failed"]
+    assert events.items[0].data["issues"][0]["path"] == "state.backend"
+    assert status["state"] == {"backend": "memory"} and status["state_pending_restart"] is False
+    assert engine.policy_set.state.backend == "memory"
+    assert breaker_of(engine) is breaker and breaker.state == "open"
+    with pytest.raises(PolicyValidationError, match=r"state\.backend"):  # apply() raises it
+        engine.apply(load_text(redis_state + text))
+    assert engine.status()["failed_reloads"] == 1  # (apply reports nothing: it raised)
+    policy_file.write_text(text.replace("= 1", "= 2"))  # the operator backs out
+    assert engine.reload() is True
+    assert engine.status()["last_error"] is None and breaker_of(engine) is breaker
 
 
 def test_a_forced_state_is_told_after_the_reload_that_caused_it(clock: FakeClock) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -477,3 +479,273 @@ def test_a_force_nobody_renews_lapses(
     assert b.guard("svc").state == "forced_open"  # renewed by `forced`
     forced.close()  # a process going away does not remove the force ...
     wait_for(lambda: b.guard("svc").state == "closed", 3, "the force to lapse")  # ... time does
+
+
+# -- [state] changed by a reload -------------------------------------------------------------------
+
+PLAIN = '\n[policies.plain.breaker]\nconsecutive_failures = 1\nopen_duration = "1h"\n'
+
+
+def _memory(text: str) -> str:
+    return text.replace('backend = "redis"', 'backend = "memory"')
+
+
+def _state_events(engine: Engine) -> list[policyengine.Event]:
+    seen: list[policyengine.Event] = []
+    engine.add_listener(lambda e: seen.append(e) if e.name == "state_backend_changed" else None)
+    return seen
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[Callable[[str, str], Engine]]:
+    """Engines loaded from files of their own (`reload()` re-reads them), closed afterwards."""
+    made: list[Engine] = []
+
+    def make(name: str, text: str) -> Engine:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        engine = policyengine.load(path, default=False)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.close()
+
+
+def _rewrite(engine: Engine, text: str) -> bool:
+    assert engine.path is not None
+    engine.path.write_text(text)
+    return engine.reload()
+
+
+def test_memory_to_redis_by_a_reload_shares_the_breaker(
+    server: RedisServer, files: Callable[[str, str], Engine]
+) -> None:
+    p = prefix()
+    text = policies(server.url, p, "consecutive_failures = 3") + PLAIN
+    a, b = files("a", _memory(text)), files("b", _memory(text))
+    seen = _state_events(a)
+    fail(a, 2)  # local counts, in memory
+    with pytest.raises(ConnectionError):
+        a.guard("plain").call_sync(boom)
+    plain = a.guards["plain"].breaker
+    calls = a.guard("svc").metrics()["calls"]
+    assert a.status()["state"] == {"backend": "memory"}
+    assert _rewrite(a, text) and _rewrite(b, text)  # no restart
+    info = a.status()
+    assert info["policies"] == {"svc": "new state backend", "plain": "unchanged"}
+    assert info["state_pending_restart"] is False
+    connected(a, b)
+    assert a.status()["state"]["backend"] == "redis" and a.status()["state"]["connected"]
+    assert a.guards["plain"].breaker is plain and a.guard("plain").state == "open"  # kept
+    assert a.guard("svc").metrics()["calls"] == calls  # counters are never reset
+    [event] = seen
+    assert event.data["from"] == {"backend": "memory"} and event.data["how"] == "new backend"
+    assert event.data["to"]["url"] == server.url and event.data["renewed"] == ["svc"]
+    fail(a, 3)  # a's trip reaches b: one breaker across both "processes"
+    wait_for(lambda: b.guard("svc").state == "open", 2, "b to see a's trip")
+    with pytest.raises(CircuitOpenError):
+        ok(b)
+
+
+def test_redis_to_memory_makes_shared_breakers_local_and_closes_the_old_backend(
+    server: RedisServer, files: Callable[[str, str], Engine]
+) -> None:
+    from policyengine._breaker import Breaker
+
+    p = prefix()
+    text = policies(server.url, p, "consecutive_failures = 2")
+    a, b = files("a", text), files("b", text)
+    connected(a, b)
+    old = a._state_backend
+    seen = _state_events(a)
+    fail(a)  # batched, not yet known to be reported: closing the old backend flushes it
+    assert _rewrite(a, _memory(text))
+    assert not old._thread.is_alive()  # closed by the reload, after the swap
+    assert old.status()["shared_breakers"] == ["svc"] and not old.shared_breakers()[0].remote
+    info = a.status()
+    assert info["state"] == {"backend": "memory"} and info["policies"] == {
+        "svc": "new state backend"
+    }
+    assert type(a.guards["svc"].breaker) is Breaker
+    assert seen[0].data["to"] == {"backend": "memory"}
+    assert seen[0].data["from"]["backend"] == "redis"
+    ok(a, 3)
+    fail(a, 2)  # a trip of a's own, in memory: nothing of it reaches the store
+    assert a.guard("svc").state == "open"
+    assert server.command("HGET", f"{p}:breaker:svc", "st").endswith(b"closed\r\n")
+    assert b.guard("svc").state == "closed"
+    fail(b)  # 1 (a's, flushed by the old backend as it closed) + 1 in a row: the trip
+    wait_for(lambda: b.guard("svc").state == "open", 2, "b's trip")
+    assert a.guard("svc").metrics()["calls"] == 6
+
+
+def test_a_url_change_takes_state_from_the_second_server(
+    server: RedisServer, own_server: RedisServer, engines: Any
+) -> None:
+    p = prefix()
+    rule = 'consecutive_failures = 2\nopen_duration = "1h"'
+    a, b = engines(server.url, p, rule), engines(server.url, p, rule)
+    other = engines(own_server.url, p, rule)
+    connected(a, b, other)
+    fail(b, 2)  # open in the first store
+    wait_for(lambda: a.guard("svc").state == "open", 2, "a to follow the first store")
+    first = a._state_backend
+    a.apply(load_text(policies(own_server.url, p, rule)))
+    assert a._state_backend is not first and not first._thread.is_alive()
+    assert a.status()["policies"] == {"svc": "new state backend"}
+    connected(a)
+    assert status(a)["url"] == own_server.url
+    ok(a)  # the second store's state: closed
+    fail(other, 2)  # a trip in the second store reaches a ...
+    wait_for(lambda: a.guard("svc").state == "open", 2, "a to follow the second store")
+    assert own_server.command("HGET", f"{p}:breaker:svc", "st").endswith(b"open\r\n")
+    assert b.guard("svc").state == "open"  # ... and the first store is left as it was
+
+
+@pytest.mark.parametrize(("before", "after"), [("open", "closed"), ("closed", "local")])
+def test_an_on_error_change_applies_live(
+    own_server: RedisServer, engines: Any, before: str, after: str
+) -> None:
+    p = prefix()
+    rule = "consecutive_failures = 2"
+    a = engines(own_server.url, p, rule, on_error=before)
+    connected(a)
+    backend, breaker = a._state_backend, a.guards["svc"].breaker
+    seen = _state_events(a)
+    own_server.pause()
+    try:
+        fail(a)  # the flush notices
+        wait_for(lambda: status(a)["degraded"], 2, "degraded")
+        if before == "open":
+            with pytest.raises(CircuitOpenError):
+                ok(a)
+        else:
+            assert _timed_calls(a, boom, 4)[1] == ["ConnectionError"] * 4  # admitted
+        a.apply(load_text(policies(own_server.url, p, rule, on_error=after)))
+        # in place: the same backend, breaker and shared state; only the fallback changed
+        assert a._state_backend is backend and a.guards["svc"].breaker is breaker
+        assert a.status()["policies"] == {"svc": "unchanged"}
+        assert status(a)["on_error"] == after and status(a)["degraded"]
+        assert seen[0].data["how"] == "retuned" and seen[0].data["renewed"] == []
+        errors = _timed_calls(a, boom, 3)[1]
+        if after == "closed":
+            assert errors == ["ConnectionError"] * 3  # admitted, never tripped
+            ok(a)
+        else:  # local: this process's own rules, from closed
+            assert errors[0] == "ConnectionError" and errors[-1] == "CircuitOpenError"
+            assert a.guard("svc").state == "open"
+    finally:
+        own_server.resume()
+    wait_for(lambda: not status(a)["degraded"], 3, "recovery")
+
+
+def test_a_timeout_change_is_applied_in_place(server: RedisServer, engines: Any) -> None:
+    p = prefix()
+    rule = 'consecutive_failures = 2\nopen_duration = "1h"'
+    a, b = engines(server.url, p, rule), engines(server.url, p, rule)
+    connected(a, b)
+    fail(a)
+    wait_for(lambda: snapshot(a)["store_consecutive_failures"] == 1, what="the batch")
+    backend, breaker = a._state_backend, a.guards["svc"].breaker
+    client = backend._client
+    text = policies(server.url, p, rule).replace('timeout = "50ms"', 'timeout = "200ms"')
+    a.apply(load_text(text))
+    assert a._state_backend is backend and a.guards["svc"].breaker is breaker
+    assert status(a)["timeout"] == 0.2
+    wait_for(lambda: backend._client is not client, what="new clients")
+    assert backend._client.connection_pool.connection_kwargs["socket_timeout"] == 0.2
+    wait_for(lambda: not backend._tasks, what="the old clients closed")
+    fail(b)  # 1 + 1 in a row: the counts were kept, and a still hears the fleet
+    wait_for(lambda: a.guard("svc").state == "open", 2, "a to see the trip")
+    assert status(a)["errors"] == 0 and status(a)["connected"]
+
+
+def test_a_broken_state_section_keeps_the_last_good_backend_and_state(
+    server: RedisServer, files: Callable[[str, str], Engine]
+) -> None:
+    p = prefix()
+    text = policies(server.url, p, 'consecutive_failures = 1\nopen_duration = "1h"')
+    a = files("a", text)
+    connected(a)
+    fail(a)
+    wait_for(lambda: a.guard("svc").state == "open", 2, "the trip")
+    backend, breaker = a._state_backend, a.guards["svc"].breaker
+    bad_field = text.replace('on_error = "local"', 'on_error = "sometimes"')
+    bad_url = text.replace(server.url, "http://127.0.0.1:1/0")  # valid to pydantic only
+    assert a.path is not None
+    for bad, key, line in ((bad_field, "state.on_error", 7), (bad_url, "state.url", 4)):
+        assert _rewrite(a, bad) is False
+        error = a.status()["last_error"]
+        assert f"{a.path}:{line}: {key}: error:" in error, error
+        assert a._state_backend is backend and a.guards["svc"].breaker is breaker
+        assert a.guard("svc").state == "open" and status(a)["connected"]
+        assert a.status()["state"]["url"] == server.url
+    assert a.status()["failed_reloads"] == 2 and a.status()["state_pending_restart"] is False
+    assert _rewrite(a, text.replace("1h", "2h"))  # the next good edit applies, state kept
+    assert a.status()["last_error"] is None and a.guards["svc"].breaker is breaker
+
+
+def test_a_call_in_flight_across_the_swap_finishes_once(server: RedisServer, engines: Any) -> None:
+    p = prefix()
+    a = engines(server.url, p, "consecutive_failures = 3")
+    connected(a)
+    old_backend, old_breaker = a._state_backend, a.guards["svc"].breaker
+    started, release = threading.Event(), threading.Event()
+    result: list[object] = []
+
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    def call() -> None:
+        try:
+            result.append(a.guard("svc").call_sync(slow))
+        except Exception as exc:  # would fail the assertion below, showing what it was
+            result.append(exc)
+
+    before = a.guard("svc").metrics()
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert started.wait(5)
+    a.apply(load_text(policies(server.url, prefix(), "consecutive_failures = 3")))  # new keys
+    assert a.guards["svc"].breaker is not old_breaker and not old_backend._thread.is_alive()
+    release.set()
+    thread.join(5)
+    assert result == ["done"]
+    after = a.guard("svc").metrics()
+    assert after["calls"] == before["calls"] + 1 and after["successes"] == before["successes"] + 1
+    assert after["in_flight"] == 0 and after["failures"] == before["failures"]
+    ok(a)  # the new breaker works
+    assert old_breaker.state == "closed"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_backend_replaced_at_runtime_is_restarted_after_fork(server: RedisServer) -> None:
+    from test_fork import run_in_child
+
+    p = prefix()
+    rule = 'consecutive_failures = 1\nopen_duration = "1h"'
+    a = policyengine.loads(_memory(policies(server.url, p, rule)), default=False)
+    try:
+        a.apply(load_text(policies(server.url, p, rule)))  # memory -> redis at runtime
+        connected(a)
+        parent_backend = a._state_backend
+
+        def child() -> dict[str, Any]:
+            wait_for(lambda: status(a)["connected"], what="the child's connection")
+            fail(a)  # judged in Redis: the trip comes back in the reply
+            wait_for(lambda: a.guard("svc").state == "open", 2, "the child's trip")
+            return {
+                "same": a._state_backend is parent_backend,
+                "thread": a._state_backend._thread.is_alive(),
+                "state": a.guard("svc").state,
+            }
+
+        report = run_in_child(child)
+        assert report == {"same": True, "thread": True, "state": "open"}
+        wait_for(lambda: a.guard("svc").state == "open", 2, "the parent to see the child's trip")
+    finally:
+        a.close()

@@ -12,6 +12,11 @@ failure marks the backend degraded and every shared breaker falls back to `on_er
 `RECOVER_EVERY` seconds looks for the store, and once it answers each breaker reconverges (a local
 open state is published, otherwise Redis wins) before it goes back to shared mode.
 
+A reload that changes `[state]` either retunes this backend (`retune`: a new `on_error` or
+`timeout`, same store) or replaces it: the engine then closes it after the swap (`close`: the
+last batches are flushed, bounded by the timeout, and its breakers, which calls still in flight
+may use, detach into plain local breakers).
+
 After `os.fork()` the child has no loop thread: `_after_fork` (run by the engine's fork hook, see
 `_fork`) gives it a loop, thread, clients and asyncio primitives of its own, and abandons the
 inherited ones unclosed (their sockets and epoll instance are the parent's too). The breakers stay
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -134,6 +140,9 @@ class RedisBackend:
             return
         with self._lock:
             self._closing = True
+            started = self._thread.ident is not None
+        if not started:  # never used (no shared breaker): no thread to stop, only its loop
+            self._loop.close()
         self.wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(self.timeout * 4 + 1.0)
@@ -142,6 +151,37 @@ class RedisBackend:
 
     def shared_breakers(self) -> list[CachedBreaker]:
         return list(self._breakers.values())
+
+    def same_store(self, state: StateOptions) -> bool:
+        """True if `state` names this backend's store and keys (it may differ in `on_error` and
+        `timeout`, which `retune` applies in place)."""
+        opts = self.options
+        return (state.backend, state.url, state.prefix) == (opts.backend, opts.url, opts.prefix)
+
+    def retune(self, state: StateOptions) -> None:
+        """Take a reload's new `on_error` and `timeout` in place (`same_store(state)`): every
+        breaker stays registered and keeps its shared state, its batch and its local fallback.
+
+        `on_error`: breakers degraded now fall back to the new mode at once (the others when the
+        store next fails); the connections are kept. `timeout`: bounds every command from now
+        on; the clients, whose socket timeouts were set from the old one, are replaced on the
+        loop (which also resubscribes), and the old ones closed once a command started on them
+        has had its time.
+        """
+        assert self.same_store(state), "retune keeps the store: build a new backend instead"
+        with self._lock:
+            old_timeout = self.timeout
+            self.options = state
+            self.on_error = state.on_error
+            self.timeout = state.timeout
+            if state.timeout != old_timeout and not self._closing:
+                if self._thread.ident is None:  # no loop yet: the clients were never used
+                    self._client = make_client(state.url, state.timeout, state.timeout)
+                    self.subscriber = make_client(state.url, None, state.timeout)
+                else:
+                    self._call_soon(self._swap_clients, old_timeout)
+        for breaker in list(self._breakers.values()):
+            breaker.degrade(state.on_error, only_if_degraded=True)
 
     def _after_fork(self) -> bool:
         """In a forked child: a loop, thread and clients of its own (True), the thread started
@@ -182,8 +222,11 @@ class RedisBackend:
 
     def wake(self) -> None:
         """Flush soon (a failure was counted, or a breaker needs syncing)."""
+        self._call_soon(self._wake.set)
+
+    def _call_soon(self, callback: Callable[..., object], *args: object) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop is closed
             pass
 
@@ -253,6 +296,28 @@ class RedisBackend:
         if self._listener is not None:
             self._listener.cancel()
         self._listener = asyncio.get_running_loop().create_task(listen(self))
+
+    def _swap_clients(self, grace: float) -> None:
+        """(On the loop, for `retune`.) New clients with the new timeout, a new subscription on
+        them; the old clients are closed after `grace` (a command started on one is bounded by
+        the timeout in force when it started), or at shutdown, whichever comes first."""
+        if self._closing:
+            return  # _main is shutting down and closes the clients in force
+        old = (self._client, self.subscriber)
+        self._client = make_client(self.options.url, self.timeout, self.timeout)
+        self.subscriber = make_client(self.options.url, None, self.timeout)
+        self._restart_listener()
+        task = self._loop.create_task(self._retire(old, grace * 2 + 0.1))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _retire(self, clients: tuple[Any, ...], after: float) -> None:
+        try:
+            await asyncio.sleep(after)
+        finally:
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     async def _main(self) -> None:
         self._restart_listener()

@@ -197,11 +197,19 @@ class CachedBreaker(Breaker):
 
     # -- the store's health --------------------------------------------------------------------
 
-    def degrade(self, on_error: str) -> None:
-        """The store failed: fall back to `on_error` until `adopt(..., sync=True)`."""
+    def degrade(self, on_error: str, *, only_if_degraded: bool = False) -> None:
+        """The store failed: fall back to `on_error` until `adopt(..., sync=True)`.
+
+        `only_if_degraded` (a reload changed ``on_error``): a breaker that is degraded now moves
+        to the new fallback at once, any other is left alone. Leaving ``"closed"`` for
+        ``"local"`` runs the local rules from closed; leaving ``"open"`` for ``"local"`` lets
+        the hold lapse into a local probe (the open state may be a real trip)."""
         now = self._now()
         event = None
         with self._lock:
+            if only_if_degraded and (not self._degraded or self._fail_mode == on_error):
+                return
+            before = self._fail_mode if self._degraded else None
             self.remote, self._degraded, self._fail_mode = False, True, on_error
             self._local_open = self._local_open and on_error == "local"
             self._leases.clear()
@@ -213,6 +221,8 @@ class CachedBreaker(Breaker):
                     self._open_until = now + HOLD
                 elif on_error == "closed" and self._state != _FORCED_CLOSED:
                     event = self._enter(_FORCED_CLOSED, "store_unavailable")
+                elif on_error == "local" and before == "closed" and self._state == _FORCED_CLOSED:
+                    event = self._enter(_CLOSED, "store_unavailable")
         if event is not None:
             self._emit(event)
 
