@@ -30,6 +30,7 @@ from . import _default
 from ._engine import Engine
 from ._loader import PolicySet, load_path
 from ._models import Policy, StateOptions
+from .exceptions import PolicyValidationError
 
 __all__ = ["FakeClock", "isolated"]
 
@@ -83,7 +84,10 @@ def isolated(
         raise ValueError(f"attempts must be at least 1 (1: no retries), not {attempts}")
     path = Path(source or os.environ.get("POLICYENGINE_FILE") or _default.DEFAULT_FILE)
     policy_set = _for_tests(load_path(path), attempts)
-    engine = Engine(policy_set, clock=clock if clock is not None else FakeClock(), path=path)
+    engine = _IsolatedEngine(
+        policy_set, clock=clock if clock is not None else FakeClock(), path=path
+    )
+    engine.attempts = attempts
     with _default._lock:
         previous = _default._default
     _default.set_default_engine(engine)
@@ -92,6 +96,18 @@ def isolated(
     finally:
         _default.set_default_engine(previous)
         engine.close()
+
+
+class _IsolatedEngine(Engine):
+    """An engine whose every read of its files gets the test adjustments, reloads included."""
+
+    attempts: int | None = None
+
+    def _read(self) -> PolicySet | PolicyValidationError:
+        result = super()._read()
+        if isinstance(result, PolicyValidationError):
+            return result
+        return _for_tests(result, self.attempts)
 
 
 def _for_tests(policy_set: PolicySet, attempts: int | None) -> PolicySet:

@@ -106,3 +106,13 @@ def test_source_from_the_environment_and_bad_attempts(
         assert engine.names() == ["inventory"]
     with pytest.raises(ValueError, match="at least 1"), isolated(attempts=0):
         pass
+
+
+def test_a_reload_keeps_state_in_memory_and_the_cap(app_dir: Path) -> None:
+    with isolated(attempts=1) as engine:
+        path = app_dir / "policies" / "policies.toml"
+        path.write_text(POLICIES.replace("max_attempts = 4", "max_attempts = 5"))
+        assert engine.reload()
+        assert engine.status()["state"] == {"backend": "memory"}
+        assert engine.guards["payments"].max_attempts == 1
+        assert engine.policy_set.policies["payments"].retry.max_attempts == 1  # type: ignore[union-attr]
