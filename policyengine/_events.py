@@ -4,7 +4,9 @@ Event names: ``state_change``, ``rejected``, ``retry``, ``timeout``, ``fallback`
 ``budget_exhausted``, ``would_reject``, ``would_retry`` and ``would_timeout`` (observe mode),
 ``reload``, ``reload_failed``, ``policy_removed``, ``state_backend_changed`` (INFO: a reload
 applied a new ``[state]``; data ``from``/``to`` as ``status()["state"]`` says, url redacted,
-``how`` ``"retuned"`` or ``"new backend"``, ``renewed`` the policies given a new shared breaker).
+``how`` ``"retuned"`` or ``"new backend"``, ``renewed`` the policies given a new shared breaker),
+and, with a Redis ``[state]``, ``store_degraded`` (WARNING: the store failed; shared breakers
+fall back to ``on_error``) and ``store_recovered`` (INFO).
 
 `log_listener` logs to the ``policyengine`` logger:
 

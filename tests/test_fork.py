@@ -14,22 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
-import select
-import signal
 import threading
 import time
-import traceback
 import uuid
-import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from forking import CHILD_TIMEOUT, run_in_child
 from polling import wait_until
 
 import policyengine
@@ -41,84 +37,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 WAIT = 10.0  # a file-system event or a Redis round trip: real time, so generous
-CHILD_TIMEOUT = 30.0  # the whole child, after which it is killed
-
-
-# -- forking -----------------------------------------------------------------------------------
-
-
-def run_in_child(
-    body: Callable[[], dict[str, Any]],
-    *,
-    then: Callable[[], None] | None = None,
-    timeout: float = CHILD_TIMEOUT,
-) -> dict[str, Any]:
-    """Fork; run `body` in the child and return what it returned. `then` runs in the parent
-    right after the fork (while the child works)."""
-    r, w = os.pipe()
-    with warnings.catch_warnings():  # 3.12+: "this process is multi-threaded, fork() may..."
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: never leaves this block
-        code = 70
-        try:
-            os.close(r)
-            try:
-                report: dict[str, Any] = {"ok": True, "result": body()}
-            except BaseException:
-                report = {"ok": False, "error": traceback.format_exc()}
-            data = json.dumps(report, default=repr).encode()
-            while data:
-                data = data[os.write(w, data) :]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    try:
-        if then is not None:
-            then()
-        raw = _read_all(pid, r, time.monotonic() + timeout)
-        code = _wait_exit(pid, time.monotonic() + timeout)
-    finally:
-        os.close(r)
-    assert code == 0, f"the child exited with {code}"
-    report = json.loads(raw)
-    if not report["ok"]:
-        pytest.fail(f"the child failed:\n{report['error']}")
-    result: dict[str, Any] = report["result"]
-    return result
-
-
-def _kill(pid: int, why: str) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(why)
-
-
-def _read_all(pid: int, fd: int, deadline: float) -> bytes:
-    """Everything the child writes, until it closes the pipe (its exit)."""
-    chunks: list[bytes] = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            _kill(pid, "the child did not finish in time (deadlocked or hung?)")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-
-
-def _wait_exit(pid: int, deadline: float) -> int:
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            _kill(pid, "the child did not exit in time")
-        time.sleep(0.002)
 
 
 def thread_names() -> list[str]:

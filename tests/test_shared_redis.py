@@ -724,7 +724,7 @@ def test_a_call_in_flight_across_the_swap_finishes_once(server: RedisServer, eng
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 def test_a_backend_replaced_at_runtime_is_restarted_after_fork(server: RedisServer) -> None:
-    from test_fork import run_in_child
+    from forking import run_in_child
 
     p = prefix()
     rule = 'consecutive_failures = 1\nopen_duration = "1h"'
