@@ -22,6 +22,7 @@ parent's stream. `abandon` keeps such objects alive and unfinalized for the life
 
 from __future__ import annotations
 
+import ctypes  # imported now: a forked child should not import (another thread's import lock)
 import logging
 import os
 import threading
@@ -58,8 +59,6 @@ def abandon(*objects: Any) -> None:
     if not _pinned:
         _pinned = True
         try:
-            import ctypes
-
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(_abandoned))
         except Exception:  # not CPython: the list alone keeps them until shutdown
             pass
