@@ -1,7 +1,7 @@
 """A scripted sequence of calls, shared by the exporter tests (Prometheus, OpenTelemetry).
 
-Policy `api` needs: retry (2 attempts, ConnectionError only), a breaker tripping after 3
-consecutive failures, and a fallback value "cached" on circuit_open.
+It runs against policy `api` (`API`): retry (2 attempts, ConnectionError only), a breaker
+tripping after 3 consecutive failures, and a fallback value "cached" on circuit_open.
 """
 
 from __future__ import annotations
@@ -9,6 +9,23 @@ from __future__ import annotations
 import pytest
 
 from policyengine import Engine
+
+API = """
+[policies.api.retry]
+max_attempts = 2
+backoff = "constant"
+initial_delay = "100ms"
+jitter = "none"
+retry_on = ["ConnectionError"]
+
+[policies.api.breaker]
+consecutive_failures = 3
+open_duration = "30s"
+
+[policies.api.fallback]
+value = "cached"
+on = ["circuit_open"]
+"""
 
 
 async def ok() -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from scripted import ok, script
+from scripted import API, ok, script
 
 import policyengine
 from policyengine import Engine
@@ -17,28 +17,16 @@ from policyengine.testing import FakeClock
 
 MakeEngine = Callable[[str], Engine]
 
-POLICIES = """
-[policies.api.retry]
-max_attempts = 2
-backoff = "constant"
-initial_delay = "100ms"
-jitter = "none"
-retry_on = ["ConnectionError"]
-
-[policies.api.breaker]
-consecutive_failures = 3
-open_duration = "30s"
-
-[policies.api.fallback]
-value = "cached"
-on = ["circuit_open"]
-
+POLICIES = (
+    API
+    + """
 [policies.idle]
 mode = "disabled"
 
 [policies.forced.breaker]
 force = "open"
 """
+)
 
 P = "resilience.policyengine"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from scripted import ok, script
+from scripted import API, ok, script
 
 import policyengine
 from policyengine import BulkheadFullError, Engine
@@ -17,22 +17,9 @@ from policyengine.testing import FakeClock
 
 MakeEngine = Callable[[str], Engine]
 
-POLICIES = """
-[policies.api.retry]
-max_attempts = 2
-backoff = "constant"
-initial_delay = "100ms"
-jitter = "none"
-retry_on = ["ConnectionError"]
-
-[policies.api.breaker]
-consecutive_failures = 3
-open_duration = "30s"
-
-[policies.api.fallback]
-value = "cached"
-on = ["circuit_open"]
-
+POLICIES = (
+    API
+    + """
 [policies.pool.bulkhead]
 max_concurrent = 1
 max_queue = 0
@@ -43,6 +30,7 @@ mode = "disabled"
 [policies.forced.breaker]
 force = "open"
 """
+)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
