@@ -4,7 +4,9 @@ Guards never wait on Redis on the closed path: breakers decide from their cached
 outcome batches to this loop, which every `FLUSH_EVERY` seconds (at once after a failure) runs the
 ``report`` script for each breaker with something to report and adopts the state it returns.
 A pub/sub listener on ``{prefix}:events`` applies other processes' transitions within a round trip.
-The only synchronous round trip is a half-open probe lease, bounded by ``[state] timeout``.
+The only synchronous round trip is a half-open probe lease asked for off the event loop (a
+worker thread), bounded by ``[state] timeout``; on the event loop leases are fetched here, in
+the background (`fetch_lease`).
 
 Failures: every command has the ``[state] timeout`` and redis-py's retries are off, so a counting
 script is never re-run (a batch whose reply was lost is dropped, never sent twice). The first
@@ -43,10 +45,10 @@ from .._clock import Clock
 from .._events import Event
 from .._fork import abandon
 from .._models import Policy, StateOptions
-from ._cached_breaker import CachedBreaker
 from ._listener import listen
 from ._scripts import LUA, LUA_SHA, Arg
 from ._shared_breaker import SharedBreaker
+from ._store import RedisStore
 from ._wire import Reply, make_client, redact
 
 __all__ = ["RedisBackend"]
@@ -105,11 +107,11 @@ class RedisBackend:
             return Breaker(name, options, clock, emit, observe=observe)
         breaker = SharedBreaker(name, options, clock, emit, self, self.prefix, observe=observe)
         with self._lock:
-            self._breakers[breaker.wire] = breaker
+            self._breakers[breaker.store.wire] = breaker
             if not self._thread.is_alive() and not self._closing:
                 self._thread.start()  # on the first shared breaker: none, no thread
         if self._degraded:
-            breaker.degrade(self.on_error)
+            breaker.store.degrade(self.on_error)
         self.wake()
         return breaker
 
@@ -147,9 +149,9 @@ class RedisBackend:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(self.timeout * 4 + 1.0)
         for breaker in list(self._breakers.values()):
-            breaker.detach()
+            breaker.store.detach()
 
-    def shared_breakers(self) -> list[CachedBreaker]:
+    def shared_breakers(self) -> list[SharedBreaker]:
         return list(self._breakers.values())
 
     def same_store(self, state: StateOptions) -> bool:
@@ -181,7 +183,7 @@ class RedisBackend:
                 else:
                     self._call_soon(self._swap_clients, old_timeout)
         for breaker in list(self._breakers.values()):
-            breaker.degrade(state.on_error, only_if_degraded=True)
+            breaker.store.degrade(state.on_error, only_if_degraded=True)
 
     def _after_fork(self) -> bool:
         """In a forked child: a loop, thread and clients of its own (True), the thread started
@@ -198,22 +200,23 @@ class RedisBackend:
         if self._closing:
             self._loop.close()  # wake() and submit() find a closed loop, as after close()
             for breaker in list(self._breakers.values()):
-                breaker.detach()
+                breaker.store.detach()
             return False
         self._client = make_client(self.options.url, self.timeout, self.timeout)
         self.subscriber = make_client(self.options.url, None, self.timeout)
         self._connected = False  # until this process's own first reply
         self._resync_at = 0.0  # read every breaker at the first tick
         for breaker in list(self._breakers.values()):
-            breaker.take_batch()  # counted by the parent, which reports them
+            breaker.store.take_batch()  # counted by the parent, which reports them
         if started:
             self._thread.start()
         return True
 
     # -- the breakers' side (any thread) -------------------------------------------------------
 
-    def breaker(self, wire: str) -> CachedBreaker | None:
-        return self._breakers.get(wire)
+    def store(self, wire: str) -> RedisStore | None:
+        breaker = self._breakers.get(wire)
+        return None if breaker is None else breaker.store
 
     def resync_soon(self) -> None:
         """Re-read every breaker at the next tick (pub/sub messages may have been missed)."""
@@ -230,7 +233,7 @@ class RedisBackend:
         except RuntimeError:  # the loop is closed
             pass
 
-    def lease(self, breaker: CachedBreaker) -> Reply | None:
+    def lease(self, breaker: RedisStore) -> Reply | None:
         """Ask for a probe lease, waiting at most `timeout`. None: the store failed (degraded)."""
         if self._closing or threading.current_thread() is self._thread:
             return None
@@ -245,7 +248,7 @@ class RedisBackend:
             pass
         return None
 
-    def submit(self, breaker: CachedBreaker, op: str, args: tuple[Arg, ...]) -> None:
+    def submit(self, breaker: RedisStore, op: str, args: tuple[Arg, ...]) -> None:
         """Run one script for `breaker` without waiting (probe outcomes, forced states)."""
         if self._closing:
             return
@@ -259,6 +262,38 @@ class RedisBackend:
             self._loop.call_soon_threadsafe(start)
         except RuntimeError:
             pass
+
+    def fetch_lease(self, store: RedisStore) -> None:
+        """Ask for a probe lease without waiting; `store.fetched` gets the reply (None: the
+        store failed)."""
+
+        async def fetch() -> None:
+            try:
+                reply: Reply | None = await self._op(store, "probe", ())
+            except Exception:  # already recorded by _op
+                reply = None
+            store.fetched(reply)
+
+        self._start(fetch, store)
+
+    def unpocket_later(self, store: RedisStore, lease: int, delay: float) -> None:
+        """(On the loop.) Give `lease` back after `delay` unless a probe took it."""
+        self._loop.call_later(delay, store.unpocket, lease)
+
+    def _start(self, coro_fn: Callable[[], Coroutine[Any, Any, None]], store: RedisStore) -> None:
+        if self._closing:
+            store.fetched(None)
+            return
+
+        def start() -> None:
+            task = self._loop.create_task(coro_fn())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        try:
+            self._loop.call_soon_threadsafe(start)
+        except RuntimeError:
+            store.fetched(None)
 
     def fail(self, exc: BaseException) -> None:
         """Record a store failure; the first one degrades every shared breaker."""
@@ -278,7 +313,7 @@ class RedisBackend:
             self.on_error,
         )
         for breaker in list(self._breakers.values()):
-            breaker.degrade(self.on_error)
+            breaker.store.degrade(self.on_error)
         self._emit(
             Event("store_degraded", "*", {"error": self.last_error, "on_error": self.on_error})
         )
@@ -353,13 +388,14 @@ class RedisBackend:
         if resync:
             self._resync_at = now + RESYNC_EVERY
         jobs: list[Coroutine[Any, Any, None]] = []
-        for breaker in list(self._breakers.values()):
+        for breaker in [b.store for b in list(self._breakers.values())]:
             if not breaker.remote:
                 jobs.append(self._apply(breaker, "sync", ()))
                 continue
             batch = breaker.take_batch()
             if batch is not None:
-                jobs.append(self._apply(breaker, "report", batch[1], seen=batch[0]))
+                seen, counts, serial = batch
+                jobs.append(self._apply(breaker, "report", counts, seen=seen, serial=serial))
             if resync:  # a full read (or a forced state renewed)
                 jobs.append(self._apply(breaker, "sync", ()))
         if jobs:
@@ -384,11 +420,12 @@ class RedisBackend:
 
     async def _apply(
         self,
-        breaker: CachedBreaker,
+        breaker: RedisStore,
         op: str,
         args: tuple[Arg, ...],
         *,
         seen: int | None = None,
+        serial: int = 0,
     ) -> None:
         try:
             reply = await self._op(breaker, op, args, seen)
@@ -396,10 +433,10 @@ class RedisBackend:
             if op == "report" and any(args):
                 self.dropped_batches += 1
             return
-        breaker.adopt(reply, sync=op == "sync" and not self._degraded)
+        breaker.adopt(reply, sync=op == "sync" and not self._degraded, serial=serial)
 
     async def _op(
-        self, breaker: CachedBreaker, op: str, args: tuple[Arg, ...], seen: int | None = None
+        self, breaker: RedisStore, op: str, args: tuple[Arg, ...], seen: int | None = None
     ) -> Reply:
         """One script call, never retried (a NOSCRIPT reply means it did not run: EVAL it).
 

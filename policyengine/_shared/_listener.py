@@ -44,13 +44,13 @@ async def listen(backend: RedisBackend) -> None:
             backend.fail(exc)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
         await asyncio.sleep(RETRY_EVERY)
 
 
 def _apply(backend: RedisBackend, data: str) -> None:
     parsed = parse_message(data)
     if parsed is not None:
-        breaker = backend.breaker(parsed[0])
-        if breaker is not None:
-            breaker.adopt(parsed[1], message=True)
+        store = backend.store(parsed[0])
+        if store is not None:
+            store.adopt(parsed[1], message=True)

@@ -1,0 +1,409 @@
+"""The Redis outcome store of a shared breaker: batching, probe leases, and following Redis.
+
+A shared breaker is the plain state machine (`_breaker.Breaker`) with this store:
+
+- shared mode (``remote``): closed outcomes bump a few counters (the batch the backend reports,
+  judged in Redis on the whole fleet's counts) and the local counts. When the local counts alone
+  already meet a rule, the breaker trips here at once (issue 14: no calls admitted while the
+  report is on its way) and keeps its batch, whose reply confirms the trip (Redis opened) or
+  denies it (the fleet's counts do not meet the rule: back to closed). Transitions arrive from
+  script replies and pub/sub (`adopt`); a reply older than the last one seen is ignored.
+- probes: a local probe permit also needs a lease from Redis. Off the event loop (a worker
+  thread) the lease is asked for inline, bounded by ``[state] timeout``; on the event loop no
+  round trip is ever waited for: the call is refused with ``retry_after`` = the round trip
+  bound while the lease is fetched in the background, and the next call takes it (a lease
+  nobody takes within `POCKET_HOLD` is given back). A denial is remembered for `DENY_CACHE`.
+- degraded (`degrade`: the store failed): ``on_error = "local"`` runs this process's own rules
+  (a trip made then is published on reconnection), ``"open"`` rejects every call, ``"closed"``
+  admits every call. Until the first reply the breaker behaves as ``"local"``.
+- reconnection (`reconverge_op`, then `adopt(sync=True)`): a force of the file is published
+  (and renewed on every resync), then a local trip, otherwise Redis wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .._breaker import Breaker, State
+from .._models import BreakerOptions
+from .._outcomes import DECIDE_AGAIN, LocalCounts
+from ._scripts import Arg, breaker_key, config_args, wire_name
+
+if TYPE_CHECKING:
+    from ._backend import RedisBackend
+    from ._wire import Reply
+
+__all__ = ["RedisStore"]
+
+HOLD = 0.25  # on_error = "open": the retry_after of rejections while the store is away
+FORCE_TTL_MS = 20_000  # a forced state in Redis lapses unless renewed (resyncs run every 5 s)
+DENY_CACHE = 0.05  # a denied probe lease is not asked for again this soon (unless state moves)
+POCKET_HOLD = 0.5  # a lease fetched for the event loop and not taken is given back after this
+_STATES = {
+    "closed": State.CLOSED,
+    "open": State.OPEN,
+    "half_open": State.HALF_OPEN,
+    "forced_open": State.FORCED_OPEN,
+    "forced_closed": State.FORCED_CLOSED,
+}
+
+
+class RedisStore:
+    """Outcomes batched for Redis, probe leases, and the cached copy of Redis' state."""
+
+    __slots__ = (
+        "_bad",
+        "_bgen",
+        "_confirm_at",
+        "_degraded",
+        "_deny_until",
+        "_epoch",
+        "_fail_mode",
+        "_fetching",
+        "_lead",
+        "_leases",
+        "_local_open",
+        "_ok",
+        "_pocket",
+        "_reply",
+        "_run",
+        "_serial",
+        "_slow_n",
+        "_tail",
+        "_tripping",
+        "_unforce",
+        "_woken",
+        "args",
+        "backend",
+        "breaker",
+        "counts",
+        "holding",
+        "key",
+        "name",
+        "quiet",
+        "remote",
+        "rgen",
+        "wire",
+    )
+
+    def __init__(self, name: str, counts: LocalCounts, backend: RedisBackend, prefix: str) -> None:
+        self.name = name
+        self.key = breaker_key(prefix, name)
+        self.wire = wire_name(name)
+        self.backend = backend
+        self.counts = counts
+        self.quiet = False  # every closed outcome is batched
+        self.holding = 0.0
+        self.breaker: Breaker | None = None  # set by `bind`
+        self.remote = False  # True while the cached state is Redis' (set by the first reply)
+        self.rgen = -1  # the Redis generation last adopted ...
+        self._epoch = -1  # ... and the epoch of the key it belongs to
+        self._degraded = False
+        self._fail_mode = "local"
+        self._local_open = False  # opened by this process while not shared: to publish
+        self._unforce = False  # a force removed from the file, not yet removed from Redis
+        self._leases: dict[int, int] = {}  # local probe id -> Redis lease id
+        self._pocket: list[tuple[int, int]] = []  # (lease, rgen) fetched for the next probe
+        self._fetching = False  # a lease is being fetched for the event loop
+        self._deny_until = 0.0  # a denied probe lease is not asked for again before this
+        self._reply: Reply | None = None
+        self._serial = 0  # batches taken so far
+        self._confirm_at = 0  # a local trip awaits the reply to this batch (0: none)
+        self._tripping = False
+        self.args: tuple[Arg, ...] = ()
+        self._ok = self._bad = self._slow_n = self._lead = self._run = self._tail = 0
+        self._bgen = self.rgen
+        self._woken = False
+
+    def bind(self, breaker: Breaker) -> None:
+        self.breaker = breaker
+
+    def _machine(self) -> Breaker:
+        breaker = self.breaker
+        assert breaker is not None, "RedisStore.bind() was not called"
+        return breaker
+
+    # -- the outcome store hooks (under the breaker's lock) ------------------------------------
+
+    def configure(self, options: BreakerOptions) -> bool:
+        self.args = config_args(options)
+        return self.counts.configure(options)
+
+    def closed(self, failed: bool, slow: bool, tripping: bool) -> str | None:
+        counts = self.counts
+        counts.record(failed, slow)  # kept warm: a local trip, and the fallback
+        reason = counts.judge(failed) if tripping else None
+        if not self.remote:
+            return reason
+        if not (self._ok or self._bad):
+            self._bgen = self.rgen
+        if failed:
+            self._bad += 1
+            self._tail += 1
+            self._run = max(self._run, self._tail)
+        else:
+            if not self._ok:
+                self._lead = self._tail
+            self._ok += 1
+            self._tail = 0
+        self._slow_n += slow
+        if failed and not self._woken:
+            self._woken = True
+            self.backend.wake()  # a failure may trip: report it now, not in 50 ms
+        self._tripping = reason is not None
+        return reason
+
+    def entered(self, state: State, opened_here: bool) -> None:
+        self._leases.clear()
+        self._pocket.clear()  # (Redis frees a lease of an ended period by itself)
+        if self._tripping and state == State.OPEN:  # a local trip in shared mode
+            self._tripping = False
+            self._confirm_at = self._serial + 1  # its batch goes out: the reply judges it
+            return
+        self._confirm_at = 0
+        self._zero_batch()  # outcomes of the period that ends are stale
+        if opened_here and state == State.OPEN and not self.remote:
+            self._local_open = True  # decided here: published when the store is back
+        elif opened_here and state == State.CLOSED:
+            self._local_open = False
+
+    def probe_done(self, probe: int, outcome: str, slow: bool) -> None:
+        lease = self._leases.pop(probe, None)
+        if lease is not None and self.remote:
+            self.backend.submit(self, "done", (lease, outcome, int(slow)))
+
+    def forced(self, force: str | None) -> None:
+        if self.remote:
+            self.backend.submit(self, "sync", ())  # runs reconverge_op: the force or "none"
+        self._unforce = force is None
+
+    def snapshot(self) -> dict[str, object]:
+        reply = self._reply
+        return {
+            "shared": True,
+            "degraded": self._degraded,
+            "store_generation": self.rgen,
+            "store_state": None if reply is None else reply.state,
+            "trip_unconfirmed": self._confirm_at != 0,
+            "store_consecutive_failures": None if reply is None else reply.consecutive,
+            "store_window_calls": None if reply is None else reply.calls,
+            "store_window_failures": None if reply is None else reply.failures,
+        }
+
+    # -- probe leases (outside the lock) --------------------------------------------------------
+
+    def admit_probe(self, probe: int, now: float) -> float | None:
+        if not self.remote:
+            return None
+        machine = self._machine()
+        with machine.lock:
+            while self._pocket:
+                lease, gen = self._pocket.pop()
+                if gen == self.rgen and machine.has_probe(probe):
+                    self._leases[probe] = lease
+                    return None
+        if now < self._deny_until:
+            return self._deny_until - now
+        if self._on_loop():
+            self._fetch()
+            return self.backend.timeout  # ask again once the lease is here: one round trip
+        reply = self.backend.lease(self)
+        if reply is None:  # the store failed: decide as on_error says
+            return DECIDE_AGAIN
+        self.adopt(reply)
+        if reply.lease:
+            with machine.lock:
+                if machine.has_probe(probe):
+                    self._leases[probe] = reply.lease
+                    return None
+            self.backend.submit(self, "done", (reply.lease, "release", 0))
+        else:
+            self._deny_until = now + DENY_CACHE
+        return self._denied_wait(reply)
+
+    @staticmethod
+    def _on_loop() -> bool:
+        return asyncio._get_running_loop() is not None
+
+    def _denied_wait(self, reply: Reply) -> float:
+        if reply.state == "open":
+            return reply.remaining
+        if reply.state == "forced_open":
+            return self._machine().open_duration
+        return reply.wait
+
+    def _fetch(self) -> None:
+        with self._machine().lock:
+            if self._fetching:
+                return
+            self._fetching = True
+        self.backend.fetch_lease(self)
+
+    def fetched(self, reply: Reply | None) -> None:
+        """(On the backend's loop.) The answer to `_fetch`: pocket the lease for the next
+        probe, or give it back if the period it was asked for is over."""
+        machine = self._machine()
+        now = machine.now()
+        with machine.lock:
+            self._fetching = False
+        if reply is None:
+            return
+        self.adopt(reply)
+        if not reply.lease:
+            self._deny_until = now + DENY_CACHE
+            return
+        with machine.lock:
+            keep = self.remote and reply.gen == self.rgen and machine.current == State.HALF_OPEN
+            if keep:
+                self._pocket.append((reply.lease, reply.gen))
+        if keep:
+            self.backend.unpocket_later(self, reply.lease, POCKET_HOLD)
+        else:
+            self.backend.submit(self, "done", (reply.lease, "release", 0))
+
+    def unpocket(self, lease: int) -> None:
+        """(On the backend's loop.) Give back a pocketed lease nobody took."""
+        with self._machine().lock:
+            for item in self._pocket:
+                if item[0] == lease:
+                    self._pocket.remove(item)
+                    break
+            else:
+                return
+        self.backend.submit(self, "done", (lease, "release", 0))
+
+    # -- the batch of closed outcomes ----------------------------------------------------------
+
+    def _zero_batch(self) -> None:
+        self._ok = self._bad = self._slow_n = self._lead = self._run = self._tail = 0
+        self._bgen = self.rgen
+        self._woken = False
+
+    def take_batch(self) -> tuple[int, tuple[int, ...], int] | None:
+        """The outcomes counted since the last call: their generation, counts and serial."""
+        with self._machine().lock:
+            if not (self._ok or self._bad):
+                return None
+            lead = self._lead if self._ok else self._bad
+            batch = (self._ok, self._bad, self._slow_n, lead, self._run, self._tail)
+            gen = self._bgen
+            self._zero_batch()
+            self._serial += 1
+            return gen, batch, self._serial
+
+    # -- Redis' state --------------------------------------------------------------------------
+
+    def adopt(
+        self, reply: Reply, *, sync: bool = False, message: bool = False, serial: int = 0
+    ) -> None:
+        """Take Redis' state, unless it is older than what this breaker has seen. `sync`: the
+        reply to a (re)connection, which puts the breaker (back) in shared mode. `serial`: the
+        reply to that batch (it may confirm or deny a local trip)."""
+        machine = self._machine()
+        now = machine.now()
+        event = None
+        with machine.lock:
+            if sync:
+                if self._local_open and reply.state in ("closed", "half_open"):
+                    return  # read before a local trip: the next reconnection publishes it
+                self.remote, self._degraded, self._fail_mode = True, False, "local"
+                self.holding = 0.0
+                self._local_open = False
+            elif not self.remote:
+                return  # degraded or detached: the reconnection's reply will bring it back
+            if reply.epoch == self._epoch and reply.gen < self.rgen:
+                return  # an older reply overtaken by a newer one
+            reason = reply.reason or "shared"
+            if self._confirm_at:
+                if reply.state in ("closed", "half_open") and serial < self._confirm_at:
+                    return  # from before the local trip: the trip's own reply judges it
+                if reply.state == "closed":
+                    reason = "trip_not_confirmed"
+                self._confirm_at = 0
+            if reply.state not in ("forced_open", "forced_closed"):
+                self._unforce = False  # a removed force is gone from Redis (or never was)
+            if reply.gen != self.rgen or reply.epoch != self._epoch:
+                self._deny_until = 0.0
+            self.rgen, self._epoch = reply.gen, reply.epoch
+            if not message:  # a script's reply (a message carries no counts)
+                self._reply = reply
+            if machine.forced is None:
+                target = _STATES.get(reply.state, State.CLOSED)
+                event = machine.follow(target, reason, reply.remaining, reply.reopens, now)
+        if event is not None:
+            machine.publish(event)
+
+    # -- the store's health --------------------------------------------------------------------
+
+    def degrade(self, on_error: str, *, only_if_degraded: bool = False) -> None:
+        """The store failed: fall back to `on_error` until `adopt(..., sync=True)`.
+
+        `only_if_degraded` (a reload changed ``on_error``): a breaker that is degraded now moves
+        to the new fallback at once, any other is left alone. Leaving ``"closed"`` for
+        ``"local"`` runs the local rules from closed; leaving ``"open"`` for ``"local"`` lets
+        the hold lapse into a local probe (the open state may be a real trip)."""
+        machine = self._machine()
+        now = machine.now()
+        event = None
+        with machine.lock:
+            if only_if_degraded and (not self._degraded or self._fail_mode == on_error):
+                return
+            before = self._fail_mode if self._degraded else None
+            pending_trip = self._confirm_at != 0 and machine.current == State.OPEN
+            self.remote, self._degraded, self._fail_mode = False, True, on_error
+            self.holding = HOLD if on_error == "open" else 0.0
+            self._local_open = (self._local_open or pending_trip) and on_error == "local"
+            self._confirm_at = 0
+            self._leases.clear()
+            self._pocket.clear()
+            self._zero_batch()
+            state = machine.current
+            if machine.forced is None:
+                if on_error == "open" and state != State.OPEN:
+                    event = machine.move(State.OPEN, "store_unavailable", now, HOLD)
+                elif on_error == "closed" and state != State.FORCED_CLOSED:
+                    event = machine.move(State.FORCED_CLOSED, "store_unavailable", now)
+                elif on_error == "local" and before == "closed" and state == State.FORCED_CLOSED:
+                    event = machine.move(State.CLOSED, "store_unavailable", now)
+        if event is not None:
+            machine.publish(event)
+
+    def detach(self) -> None:
+        """The backend closed: from now on a plain local breaker, in the state it is in."""
+        machine = self._machine()
+        event = None
+        with machine.lock:
+            self.remote = False
+            self._fail_mode = "local"
+            self.holding = 0.0
+            self._leases.clear()
+            self._pocket.clear()
+            forced_closed = machine.current == State.FORCED_CLOSED
+            if self._degraded and forced_closed and machine.forced is None:
+                event = machine.move(State.CLOSED, "store_closed", machine.now())
+            self._degraded = False
+        if event is not None:
+            machine.publish(event)
+
+    def reconverge_op(self) -> tuple[str, tuple[Arg, ...]]:
+        """What to run on (re)connecting and on resyncs: publish (renew) a force or a local
+        trip, else read Redis."""
+        machine = self._machine()
+        now = machine.now()
+        with machine.lock:
+            force = machine.forced
+            if force is not None or self._unforce:  # (_unforce: removed, not yet published)
+                return "force", (force or "none", FORCE_TTL_MS)
+            state = machine.current
+            if self._local_open and self._fail_mode == "local" and state == State.OPEN:
+                left = machine.open_left(now)
+                return "open", (max(1, round(left * 1000)), machine.reopens, "local_trip")
+            if self._local_open and state == State.HALF_OPEN:
+                return "open", (1, machine.reopens, "local_trip")
+        return "report", (0,) * 6
+
+    @property
+    def degraded(self) -> bool:
+        """True from a store failure until this breaker has reconverged with Redis."""
+        return self._degraded
