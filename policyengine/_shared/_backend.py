@@ -250,22 +250,11 @@ class RedisBackend:
 
     def submit(self, breaker: RedisStore, op: str, args: tuple[Arg, ...]) -> None:
         """Run one script for `breaker` without waiting (probe outcomes, forced states)."""
-        if self._closing:
-            return
-
-        def start() -> None:
-            task = self._loop.create_task(self._apply(breaker, op, args))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        try:
-            self._loop.call_soon_threadsafe(start)
-        except RuntimeError:
-            pass
+        self._start(lambda: self._apply(breaker, op, args))
 
     def fetch_lease(self, store: RedisStore) -> None:
         """Ask for a probe lease without waiting; `store.fetched` gets the reply (None: the
-        store failed)."""
+        store failed, or this backend is closing)."""
 
         async def fetch() -> None:
             try:
@@ -274,26 +263,28 @@ class RedisBackend:
                 reply = None
             store.fetched(reply)
 
-        self._start(fetch, store)
+        if not self._start(fetch):
+            store.fetched(None)
 
     def unpocket_later(self, store: RedisStore, lease: int, delay: float) -> None:
         """(On the loop.) Give `lease` back after `delay` unless a probe took it."""
         self._loop.call_later(delay, store.unpocket, lease)
 
-    def _start(self, coro_fn: Callable[[], Coroutine[Any, Any, None]], store: RedisStore) -> None:
+    def _start(self, job: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Start `job()` on the loop as a task of this backend; False if it is closing."""
         if self._closing:
-            store.fetched(None)
-            return
+            return False
 
         def start() -> None:
-            task = self._loop.create_task(coro_fn())
+            task = self._loop.create_task(job())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         try:
             self._loop.call_soon_threadsafe(start)
-        except RuntimeError:
-            store.fetched(None)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
 
     def fail(self, exc: BaseException) -> None:
         """Record a store failure; the first one degrades every shared breaker."""

@@ -40,13 +40,6 @@ HOLD = 0.25  # on_error = "open": the retry_after of rejections while the store 
 FORCE_TTL_MS = 20_000  # a forced state in Redis lapses unless renewed (resyncs run every 5 s)
 DENY_CACHE = 0.05  # a denied probe lease is not asked for again this soon (unless state moves)
 POCKET_HOLD = 0.5  # a lease fetched for the event loop and not taken is given back after this
-_STATES = {
-    "closed": State.CLOSED,
-    "open": State.OPEN,
-    "half_open": State.HALF_OPEN,
-    "forced_open": State.FORCED_OPEN,
-    "forced_closed": State.FORCED_CLOSED,
-}
 
 
 class RedisStore:
@@ -120,9 +113,8 @@ class RedisStore:
         self.breaker = breaker
 
     def _machine(self) -> Breaker:
-        breaker = self.breaker
-        assert breaker is not None, "RedisStore.bind() was not called"
-        return breaker
+        assert self.breaker is not None, "RedisStore.bind() was not called"
+        return self.breaker
 
     # -- the outcome store hooks (under the breaker's lock) ------------------------------------
 
@@ -205,7 +197,7 @@ class RedisStore:
                     return None
         if now < self._deny_until:
             return self._deny_until - now
-        if self._on_loop():
+        if asyncio._get_running_loop() is not None:  # on an event loop: never wait
             self._fetch()
             return self.backend.timeout  # ask again once the lease is here: one round trip
         reply = self.backend.lease(self)
@@ -221,10 +213,6 @@ class RedisStore:
         else:
             self._deny_until = now + DENY_CACHE
         return self._denied_wait(reply)
-
-    @staticmethod
-    def _on_loop() -> bool:
-        return asyncio._get_running_loop() is not None
 
     def _denied_wait(self, reply: Reply) -> float:
         if reply.state == "open":
@@ -329,7 +317,7 @@ class RedisStore:
             if not message:  # a script's reply (a message carries no counts)
                 self._reply = reply
             if machine.forced is None:
-                target = _STATES.get(reply.state, State.CLOSED)
+                target = State.__members__.get(reply.state.upper(), State.CLOSED)
                 event = machine.follow(target, reason, reply.remaining, reply.reopens, now)
         if event is not None:
             machine.publish(event)
@@ -405,5 +393,4 @@ class RedisStore:
 
     @property
     def degraded(self) -> bool:
-        """True from a store failure until this breaker has reconverged with Redis."""
         return self._degraded
