@@ -45,11 +45,12 @@ from .._clock import Clock
 from .._events import Event
 from .._fork import abandon
 from .._models import Policy, StateOptions
+from ._address import parse_url
 from ._listener import listen
 from ._scripts import LUA, LUA_SHA, Arg
 from ._shared_breaker import SharedBreaker
 from ._store import RedisStore
-from ._wire import Reply, make_client, redact
+from ._wire import Reply
 
 __all__ = ["RedisBackend"]
 
@@ -88,8 +89,9 @@ class RedisBackend:
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._op_locks: dict[str, asyncio.Lock] = {}  # loop thread only
-        self._client = make_client(state.url, state.timeout, state.timeout)
-        self.subscriber = make_client(state.url, None, state.timeout)  # blocks on pub/sub reads
+        self.address = parse_url(state.url)  # ValueError: reported at the url's line
+        self._sub_attempt = 0  # (a cluster's subscriber moves to the next node on failures)
+        self._client, self.subscriber = self._new_clients()  # (the subscriber blocks on reads)
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="policyengine-redis", daemon=True)
@@ -123,7 +125,7 @@ class RedisBackend:
         degraded = any(b.degraded for b in breakers) if breakers else self._degraded
         return {
             "backend": "redis",
-            "url": redact(self.options.url),
+            "url": self.address.redacted(),
             "prefix": self.prefix,
             "on_error": self.on_error,
             "timeout": self.timeout,
@@ -178,8 +180,7 @@ class RedisBackend:
             self.timeout = state.timeout
             if state.timeout != old_timeout and not self._closing:
                 if self._thread.ident is None:  # no loop yet: the clients were never used
-                    self._client = make_client(state.url, state.timeout, state.timeout)
-                    self.subscriber = make_client(state.url, None, state.timeout)
+                    self._client, self.subscriber = self._new_clients()
                 else:
                     self._call_soon(self._swap_clients, old_timeout)
         for breaker in list(self._breakers.values()):
@@ -202,8 +203,7 @@ class RedisBackend:
             for breaker in list(self._breakers.values()):
                 breaker.store.detach()
             return False
-        self._client = make_client(self.options.url, self.timeout, self.timeout)
-        self.subscriber = make_client(self.options.url, None, self.timeout)
+        self._client, self.subscriber = self._new_clients()
         self._connected = False  # until this process's own first reply
         self._resync_at = 0.0  # read every breaker at the first tick
         for breaker in list(self._breakers.values()):
@@ -323,6 +323,20 @@ class RedisBackend:
             self._listener.cancel()
         self._listener = asyncio.get_running_loop().create_task(listen(self))
 
+    def _new_clients(self) -> tuple[Any, Any]:
+        address, timeout = self.address, self.timeout
+        return address.client(timeout, timeout), address.subscriber(timeout, self._sub_attempt)
+
+    def rotate_subscriber(self) -> None:
+        """(On the loop, after a lost subscription.) A cluster's next node for pub/sub."""
+        if self.address.kind != "cluster" or self._closing:
+            return
+        old, self._sub_attempt = self.subscriber, self._sub_attempt + 1
+        self.subscriber = self.address.subscriber(self.timeout, self._sub_attempt)
+        task = self._loop.create_task(self._retire((old,), 0.0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _swap_clients(self, grace: float) -> None:
         """(On the loop, for `retune`.) New clients with the new timeout, a new subscription on
         them; the old clients are closed after `grace` (a command started on one is bounded by
@@ -330,8 +344,7 @@ class RedisBackend:
         if self._closing:
             return  # _main is shutting down and closes the clients in force
         old = (self._client, self.subscriber)
-        self._client = make_client(self.options.url, self.timeout, self.timeout)
-        self.subscriber = make_client(self.options.url, None, self.timeout)
+        self._client, self.subscriber = self._new_clients()
         self._restart_listener()
         task = self._loop.create_task(self._retire(old, grace * 2 + 0.1))
         self._tasks.add(task)
@@ -345,8 +358,18 @@ class RedisBackend:
                 with contextlib.suppress(Exception):
                     await client.aclose()
 
+    async def _ready(self) -> None:
+        """A cluster client learns the slot map first: several round trips, bounded apart."""
+        if self.address.kind == "cluster":
+            async with asyncio.timeout(max(1.0, self.timeout * 10)):
+                await self._client.initialize()
+
     async def _main(self) -> None:
         self._restart_listener()
+        try:
+            await self._ready()
+        except Exception as exc:
+            self.fail(exc)
         last = 0.0
         try:
             while not self._closing:
@@ -393,7 +416,11 @@ class RedisBackend:
             await asyncio.gather(*jobs)
 
     async def _recover(self) -> bool:
+        if self.address.kind != "single":  # after a failover or a lost node: fresh topology
+            self._sub_attempt += 1
+            self._swap_clients(self.timeout)
         try:
+            await self._ready()
             async with asyncio.timeout(self.timeout):
                 await self._client.ping()
                 await self._client.script_load(LUA)

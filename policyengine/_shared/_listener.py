@@ -42,6 +42,7 @@ async def listen(backend: RedisBackend) -> None:
             raise
         except Exception as exc:
             backend.fail(exc)
+            backend.rotate_subscriber()
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
-__all__ = ["Reply", "make_client", "parse_message", "redact"]
+__all__ = ["Reply", "parse_message"]
 
 
 class Reply(NamedTuple):
@@ -35,29 +30,6 @@ class Reply(NamedTuple):
             str(st), int(gen), int(left) / 1000, int(reopens), int(lease), int(wait) / 1000,
             int(consec), int(calls), int(fails), int(slow), str(why), int(ep),
         )  # fmt: skip
-
-
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def make_client(url: str, timeout: float | None, connect_timeout: float) -> aredis.Redis:
-    """A client with explicit timeouts and no retries: a failed command is never re-sent."""
-    return aredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        retry_on_error=[],
-        health_check_interval=0,
-        decode_responses=True,
-        protocol=2,
-    )
 
 
 def parse_message(data: str) -> tuple[str, Reply] | None:
