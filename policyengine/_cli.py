@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from ._cli_fleet import register as register_fleet
 from ._explain import explain_text, explain_toml
 from ._loader import PolicySet, load_path
 from ._schema import SCHEMA_PATH, check_schema, render_schema
@@ -200,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the live demo: a flaky service, guards, hot reload")
     p.add_argument("args", nargs="*", help="passed to the demo (see `policyengine demo --help`)")
+    register_fleet(sub)  # force, fleet
     return parser
 
 

@@ -46,6 +46,7 @@ from .._events import Event
 from .._fork import abandon
 from .._models import Policy, StateOptions
 from ._address import parse_url
+from ._fleet import Fleet, QuorumBreaker, QuorumStore
 from ._listener import listen
 from ._scripts import LUA, LUA_SHA, Arg
 from ._shared_breaker import SharedBreaker
@@ -95,6 +96,19 @@ class RedisBackend:
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="policyengine-redis", daemon=True)
+        self.fleet = Fleet(self)
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
 
     # -- the engine's side ---------------------------------------------------------------------
 
@@ -107,6 +121,14 @@ class RedisBackend:
         observe = policy.mode == "observe"
         if not options.shared:
             return Breaker(name, options, clock, emit, observe=observe)
+        if options.shared == "quorum":
+            quorum = QuorumBreaker(name, options, clock, emit, self, observe=observe)
+            with self._lock:
+                self.fleet.add(quorum)
+                if not self._thread.is_alive() and not self._closing:
+                    self._thread.start()
+            self.wake()
+            return quorum
         breaker = SharedBreaker(name, options, clock, emit, self, self.prefix, observe=observe)
         with self._lock:
             self._breakers[breaker.store.wire] = breaker
@@ -136,6 +158,7 @@ class RedisBackend:
             "last_error": self.last_error,
             "dropped_batches": self.dropped_batches,
             "shared_breakers": sorted(b.name for b in breakers),
+            **self.fleet.status(),
         }
 
     def close(self) -> None:
@@ -204,6 +227,7 @@ class RedisBackend:
                 breaker.store.detach()
             return False
         self._client, self.subscriber = self._new_clients()
+        self.fleet.after_fork()
         self._connected = False  # until this process's own first reply
         self._resync_at = 0.0  # read every breaker at the first tick
         for breaker in list(self._breakers.values()):
@@ -214,9 +238,9 @@ class RedisBackend:
 
     # -- the breakers' side (any thread) -------------------------------------------------------
 
-    def store(self, wire: str) -> RedisStore | None:
+    def store(self, wire: str) -> RedisStore | QuorumStore | None:
         breaker = self._breakers.get(wire)
-        return None if breaker is None else breaker.store
+        return self.fleet.store(wire) if breaker is None else breaker.store
 
     def resync_soon(self) -> None:
         """Re-read every breaker at the next tick (pub/sub messages may have been missed)."""
@@ -250,7 +274,7 @@ class RedisBackend:
 
     def submit(self, breaker: RedisStore, op: str, args: tuple[Arg, ...]) -> None:
         """Run one script for `breaker` without waiting (probe outcomes, forced states)."""
-        self._start(lambda: self._apply(breaker, op, args))
+        self.start_job(lambda: self._apply(breaker, op, args))
 
     def fetch_lease(self, store: RedisStore) -> None:
         """Ask for a probe lease without waiting; `store.fetched` gets the reply (None: the
@@ -263,14 +287,18 @@ class RedisBackend:
                 reply = None
             store.fetched(reply)
 
-        if not self._start(fetch):
+        if not self.start_job(fetch):
             store.fetched(None)
+
+    def sync_later(self, store: RedisStore, delay: float) -> None:
+        """Read `store`'s state again after `delay` (when an override lapses)."""
+        self._call_soon(self._loop.call_later, delay, self.submit, store, "sync", ())
 
     def unpocket_later(self, store: RedisStore, lease: int, delay: float) -> None:
         """(On the loop.) Give `lease` back after `delay` unless a probe took it."""
         self._loop.call_later(delay, store.unpocket, lease)
 
-    def _start(self, job: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+    def start_job(self, job: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Start `job()` on the loop as a task of this backend; False if it is closing."""
         if self._closing:
             return False
@@ -386,6 +414,8 @@ class RedisBackend:
                 await self._tick()
             if not self._degraded:
                 await self._tick()  # the last batches
+                with contextlib.suppress(Exception):
+                    await self.fleet.leave()
         finally:
             tasks = [*self._tasks, *([self._listener] if self._listener else [])]
             for task in tasks:
@@ -414,6 +444,7 @@ class RedisBackend:
                 jobs.append(self._apply(breaker, "sync", ()))
         if jobs:
             await asyncio.gather(*jobs)
+        await self.fleet.tick(now)
 
     async def _recover(self) -> bool:
         if self.address.kind != "single":  # after a failover or a lost node: fresh topology

@@ -321,6 +321,8 @@ class RedisStore:
                 event = machine.follow(target, reason, reply.remaining, reply.reopens, now)
         if event is not None:
             machine.publish(event)
+        if reply.force_left > 0 and machine.forced is None:  # an override that lapses: read
+            self.backend.sync_later(self, reply.force_left + 0.01)  # again then, not in 5 s
 
     # -- the store's health --------------------------------------------------------------------
 
