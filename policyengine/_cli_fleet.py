@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
     """Add the two commands to `policyengine`'s subparsers."""
     p = sub.add_parser("force", help="force a shared guard open or closed across the fleet")
     p.add_argument("guard", metavar="GUARD")
-    p.add_argument("mode", choices=("open", "closed", "clear"))
+    p.add_argument("mode", choices=("open", "closed", "clear"), metavar="MODE")
     _store_args(p)
     p.add_argument("--for", dest="duration", default="10m", help="lapses after this (10m)")
     p.set_defaults(run=_force)

@@ -124,6 +124,17 @@ class RedisStore:
 
     def closed(self, failed: bool, slow: bool, tripping: bool) -> str | None:
         counts = self.counts
+        if not failed and counts.window is None:  # the hot path: a success, no window
+            counts.consecutive = 0
+            if self.remote:
+                if not self._ok:
+                    if not self._bad:
+                        self._bgen = self.rgen
+                    self._lead = self._tail
+                self._ok += 1
+                self._tail = 0
+                self._slow_n += slow
+            return None
         counts.record(failed, slow)  # kept warm: a local trip, and the fallback
         reason = counts.judge(failed) if tripping else None
         if not self.remote:
