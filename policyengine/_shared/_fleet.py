@@ -29,8 +29,6 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
-
 from .._breaker import Breaker, State
 from .._clock import Clock
 from .._events import Event
@@ -245,13 +243,8 @@ class Fleet:
         store.voted(int(votes), int(need), int(left) / 1000, str(state), int(force_left) / 1000)
 
     async def _eval(self, key: str, *argv: object) -> list[Any]:
-        client = self.backend.client
         try:
-            async with asyncio.timeout(self.backend.timeout):
-                try:
-                    raw = await client.evalsha(FLEET_SHA, 1, key, *argv)
-                except NoScriptError:
-                    raw = await client.eval(FLEET_LUA, 1, key, *argv)
+            raw = await self.backend.link.run_script(FLEET_SHA, FLEET_LUA, key, *argv)
         except Exception as exc:
             self.backend.fail(exc)
             raise

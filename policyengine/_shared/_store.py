@@ -12,7 +12,7 @@ A shared breaker is the plain state machine (`_breaker.Breaker`) with this store
   thread) the lease is asked for inline, bounded by ``[state] timeout``; on the event loop no
   round trip is ever waited for: the call is refused with ``retry_after`` = the round trip
   bound while the lease is fetched in the background, and the next call takes it (a lease
-  nobody takes within `POCKET_HOLD` is given back). A denial is remembered for `DENY_CACHE`.
+  nobody takes soon is given back). A denial is remembered briefly (see `_leases`).
 - degraded (`degrade`: the store failed): ``on_error = "local"`` runs this process's own rules
   (a trip made then is published on reconnection), ``"open"`` rejects every call, ``"closed"``
   admits every call. Until the first reply the breaker behaves as ``"local"``.
@@ -27,19 +27,18 @@ from typing import TYPE_CHECKING
 
 from .._breaker import Breaker, State
 from .._models import BreakerOptions
-from .._outcomes import DECIDE_AGAIN, LocalCounts
-from ._scripts import Arg, breaker_key, config_args, wire_name
+from .._outcomes import LocalCounts
+from ._leases import ProbeLeases
+from ._scripts import LUA, LUA_SHA, Arg, breaker_key, config_args, wire_name
+from ._wire import Reply
 
 if TYPE_CHECKING:
     from ._backend import RedisBackend
-    from ._wire import Reply
 
 __all__ = ["RedisStore"]
 
 HOLD = 0.25  # on_error = "open": the retry_after of rejections while the store is away
 FORCE_TTL_MS = 20_000  # a forced state in Redis lapses unless renewed (resyncs run every 5 s)
-DENY_CACHE = 0.05  # a denied probe lease is not asked for again this soon (unless state moves)
-POCKET_HOLD = 0.5  # a lease fetched for the event loop and not taken is given back after this
 
 
 class RedisStore:
@@ -50,15 +49,11 @@ class RedisStore:
         "_bgen",
         "_confirm_at",
         "_degraded",
-        "_deny_until",
         "_epoch",
         "_fail_mode",
-        "_fetching",
         "_lead",
-        "_leases",
         "_local_open",
         "_ok",
-        "_pocket",
         "_reply",
         "_run",
         "_serial",
@@ -73,7 +68,9 @@ class RedisStore:
         "counts",
         "holding",
         "key",
+        "leases",
         "name",
+        "op_lock",
         "quiet",
         "remote",
         "rgen",
@@ -96,10 +93,8 @@ class RedisStore:
         self._fail_mode = "local"
         self._local_open = False  # opened by this process while not shared: to publish
         self._unforce = False  # a force removed from the file, not yet removed from Redis
-        self._leases: dict[int, int] = {}  # local probe id -> Redis lease id
-        self._pocket: list[tuple[int, int]] = []  # (lease, rgen) fetched for the next probe
-        self._fetching = False  # a lease is being fetched for the event loop
-        self._deny_until = 0.0  # a denied probe lease is not asked for again before this
+        self.leases = ProbeLeases(self)
+        self.op_lock: asyncio.Lock | None = None  # (the backend loop's: one script at a time)
         self._reply: Reply | None = None
         self._serial = 0  # batches taken so far
         self._confirm_at = 0  # a local trip awaits the reply to this batch (0: none)
@@ -158,8 +153,7 @@ class RedisStore:
         return reason
 
     def entered(self, state: State, opened_here: bool) -> None:
-        self._leases.clear()
-        self._pocket.clear()  # (Redis frees a lease of an ended period by itself)
+        self.leases.clear()  # (Redis frees the leases of an ended period by itself)
         if self._tripping and state == State.OPEN:  # a local trip in shared mode
             self._tripping = False
             self._confirm_at = self._serial + 1  # its batch goes out: the reply judges it
@@ -172,9 +166,7 @@ class RedisStore:
             self._local_open = False
 
     def probe_done(self, probe: int, outcome: str, slow: bool) -> None:
-        lease = self._leases.pop(probe, None)
-        if lease is not None and self.remote:
-            self.backend.submit(self, "done", (lease, outcome, int(slow)))
+        self.leases.done(probe, outcome, slow)
 
     def forced(self, force: str | None) -> None:
         if self.remote:
@@ -197,80 +189,32 @@ class RedisStore:
     # -- probe leases (outside the lock) --------------------------------------------------------
 
     def admit_probe(self, probe: int, now: float) -> float | None:
-        if not self.remote:
-            return None
-        machine = self._machine()
-        with machine.lock:
-            while self._pocket:
-                lease, gen = self._pocket.pop()
-                if gen == self.rgen and machine.has_probe(probe):
-                    self._leases[probe] = lease
-                    return None
-        if now < self._deny_until:
-            return self._deny_until - now
-        if asyncio._get_running_loop() is not None:  # on an event loop: never wait
-            self._fetch()
-            return self.backend.timeout  # ask again once the lease is here: one round trip
-        reply = self.backend.lease(self)
-        if reply is None:  # the store failed: decide as on_error says
-            return DECIDE_AGAIN
-        self.adopt(reply)
-        if reply.lease:
-            with machine.lock:
-                if machine.has_probe(probe):
-                    self._leases[probe] = reply.lease
-                    return None
-            self.backend.submit(self, "done", (reply.lease, "release", 0))
-        else:
-            self._deny_until = now + DENY_CACHE
-        return self._denied_wait(reply)
+        return self.leases.admit(probe, now)
 
-    def _denied_wait(self, reply: Reply) -> float:
-        if reply.state == "open":
-            return reply.remaining
-        if reply.state == "forced_open":
-            return self._machine().open_duration
-        return reply.wait
+    # -- script calls (on the backend's loop) --------------------------------------------------
 
-    def _fetch(self) -> None:
-        with self._machine().lock:
-            if self._fetching:
-                return
-            self._fetching = True
-        self.backend.fetch_lease(self)
+    async def run(self, op: str, args: tuple[Arg, ...], seen: int | None = None) -> Reply:
+        """One script call, never retried (a NOSCRIPT reply means it did not run: EVAL it).
 
-    def fetched(self, reply: Reply | None) -> None:
-        """(On the backend's loop.) The answer to `_fetch`: pocket the lease for the next
-        probe, or give it back if the period it was asked for is over."""
-        machine = self._machine()
-        now = machine.now()
-        with machine.lock:
-            self._fetching = False
-        if reply is None:
-            return
-        self.adopt(reply)
-        if not reply.lease:
-            self._deny_until = now + DENY_CACHE
-            return
-        with machine.lock:
-            keep = self.remote and reply.gen == self.rgen and machine.current == State.HALF_OPEN
-            if keep:
-                self._pocket.append((reply.lease, reply.gen))
-        if keep:
-            self.backend.unpocket_later(self, reply.lease, POCKET_HOLD)
-        else:
-            self.backend.submit(self, "done", (reply.lease, "release", 0))
-
-    def unpocket(self, lease: int) -> None:
-        """(On the backend's loop.) Give back a pocketed lease nobody took."""
-        with self._machine().lock:
-            for item in self._pocket:
-                if item[0] == lease:
-                    self._pocket.remove(item)
-                    break
-            else:
-                return
-        self.backend.submit(self, "done", (lease, "release", 0))
+        This breaker's calls run one at a time, in order; ``sync`` (publish a force or a local
+        trip, else read) is decided when it runs, so it always carries the latest settings. A
+        failure is recorded (the backend degrades) and raised.
+        """
+        backend = self.backend
+        if self.op_lock is None:
+            self.op_lock = asyncio.Lock()
+        async with self.op_lock:
+            if op == "sync":
+                op, args = self.reconverge_op()
+            head: tuple[Arg, ...] = (op, backend.channel, self.wire)
+            argv = (*head, self.rgen if seen is None else seen, *self.args, *args)
+            try:
+                raw = await backend.link.run_script(LUA_SHA, LUA, self.key, *argv)
+            except Exception as exc:
+                backend.fail(exc)
+                raise
+        backend.connected = True
+        return Reply.parse(raw)
 
     # -- the batch of closed outcomes ----------------------------------------------------------
 
@@ -323,7 +267,7 @@ class RedisStore:
             if reply.state not in ("forced_open", "forced_closed"):
                 self._unforce = False  # a removed force is gone from Redis (or never was)
             if reply.gen != self.rgen or reply.epoch != self._epoch:
-                self._deny_until = 0.0
+                self.leases.new_period()
             self.rgen, self._epoch = reply.gen, reply.epoch
             if not message:  # a script's reply (a message carries no counts)
                 self._reply = reply
@@ -356,8 +300,7 @@ class RedisStore:
             self.holding = HOLD if on_error == "open" else 0.0
             self._local_open = (self._local_open or pending_trip) and on_error == "local"
             self._confirm_at = 0
-            self._leases.clear()
-            self._pocket.clear()
+            self.leases.clear()
             self._zero_batch()
             state = machine.current
             if machine.forced is None:
@@ -378,8 +321,7 @@ class RedisStore:
             self.remote = False
             self._fail_mode = "local"
             self.holding = 0.0
-            self._leases.clear()
-            self._pocket.clear()
+            self.leases.clear()
             forced_closed = machine.current == State.FORCED_CLOSED
             if self._degraded and forced_closed and machine.forced is None:
                 event = machine.move(State.CLOSED, "store_closed", machine.now())
