@@ -182,8 +182,11 @@ class Breaker(Machine):
         """Count a success; the transition it causes, if any, is returned for the caller to
         emit. (The due transitions a probe's outcome applies first are emitted here.)"""
         with self._lock:
-            if permit == self._closed_permit:
-                return self._count(False, slow)
+            if permit == self._closed_permit:  # (`_count`, inlined: the closed path)
+                store = self._store
+                reason = store.closed(False, slow, self._state == _CLOSED)
+                self._idle = store.quiet and store.counts.consecutive == 0
+                return None if reason is None else self._trip(reason, self._now())
             probe = probe_of(permit)
             if not probe:
                 return None

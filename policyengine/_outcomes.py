@@ -78,6 +78,17 @@ class LocalCounts:
             return CountWindow(int(shape[1]))
         return TimeWindow(shape[1], self._now)
 
+    def count(self, failed: bool, slow: bool, tripping: bool) -> str | None:
+        """`record` then `judge` (when `tripping`), in one call: the closed path's cost."""
+        self.consecutive = self.consecutive + 1 if failed else 0
+        window = self.window
+        if window is None:
+            if failed and tripping and self.consecutive >= self._trip_after:
+                return "consecutive_failures"
+            return None
+        window.record(failed, slow)
+        return self.judge(failed) if tripping else None
+
     def record(self, failed: bool, slow: bool) -> None:
         self.consecutive = self.consecutive + 1 if failed else 0
         window = self.window
@@ -165,10 +176,11 @@ class OutcomeStore(Protocol):
 class LocalStore:
     """Local counting: this process's own counts and rules decide everything."""
 
-    __slots__ = ("counts", "holding", "quiet")
+    __slots__ = ("closed", "counts", "holding", "quiet")
 
     def __init__(self, options: BreakerOptions, now: Callable[[], float]) -> None:
         self.counts = LocalCounts(options, now)
+        self.closed = self.counts.count  # (a bound method: one call on the closed path)
         self.holding = 0.0
         self.quiet = self.counts.window is None
 
@@ -176,11 +188,6 @@ class LocalStore:
         rebuilt = self.counts.configure(options)
         self.quiet = self.counts.window is None
         return rebuilt
-
-    def closed(self, failed: bool, slow: bool, tripping: bool) -> str | None:
-        counts = self.counts
-        counts.record(failed, slow)
-        return counts.judge(failed) if tripping else None
 
     def entered(self, state: State, opened_here: bool) -> None:
         pass
