@@ -63,6 +63,7 @@ EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
     "OnWouldTimeout": ("Information", lambda m: m["observed"]["would_timeout"]),
 }
 
+_INF = float("inf")
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
@@ -166,7 +167,8 @@ class Instrumentation:
             seen = 0
             for bound, count in m["duration"]["buckets"]:
                 seen += count
-                yield Observation(seen, {**attrs, "le": repr(float(bound))})
+                if bound != _INF:  # the snapshot's last bucket is +Inf: one "+Inf", below
+                    yield Observation(seen, {**attrs, "le": repr(float(bound))})
             yield Observation(m["duration"]["count"], {**attrs, "le": "+Inf"})
 
     def _reloads(self, _: CallbackOptions) -> Iterator[Observation]:
