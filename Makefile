@@ -43,6 +43,7 @@ bench: $(STAMP)           ## every benchmark, one after the other (ratios matter
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_reload.py
 	$(PY) bench/bench_redis.py
+	$(PY) bench/bench_cascade.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -50,8 +50,8 @@ def serve(app: Any, *, lifespan: str = "auto") -> Iterator[str]:
 
 
 class Downstream:
-    """A dependency: ``ok`` answers 200 JSON at once, ``hang`` never answers, ``503`` answers
-    503 with ``Retry-After: 7``. Counts the requests it got."""
+    """A dependency: ``ok`` answers 200 JSON at once, ``hang`` answers nothing until the mode
+    changes, ``503`` answers 503 with ``Retry-After: 7``. Counts the requests it got."""
 
     def __init__(self, name: str = "downstream") -> None:
         self.name = name
@@ -70,8 +70,9 @@ class Downstream:
             return
         self.requests += 1
         mode = self.mode
-        if mode == "hang":
-            await asyncio.Event().wait()  # until the server shuts down and cancels us
+        while mode == "hang":  # until the test sets another mode (then answer as that mode)
+            await asyncio.sleep(0.02)
+            mode = self.mode
         status, headers = (200, []) if mode == "ok" else (503, [(b"retry-after", b"7")])
         body = b'{"from": "%s", "status": %d}' % (self.name.encode(), status)
         headers.append((b"content-type", b"application/json"))
