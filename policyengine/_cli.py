@@ -200,6 +200,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the live demo: a flaky service, guards, hot reload")
     p.add_argument("args", nargs="*", help="passed to the demo (see `policyengine demo --help`)")
+    from ._top import register as register_top  # `top URL`: the live view of a service
+
+    register_top(sub)
     return parser
 
 

@@ -43,6 +43,7 @@ class Frame:
     caption: str
     path: str
     version: str
+    title: str = "policyengine demo"  # `policyengine top` shows its own; phase_count 0: none
 
 
 class View(Protocol):
