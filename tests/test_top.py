@@ -10,14 +10,14 @@ import pytest
 pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
 pytest.importorskip("starlette", reason="starlette is not installed: pip install '.[dev]'")
 
-from asgi_servers import Downstream, serve  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from starlette.routing import Mount  # noqa: E402
+from asgi_servers import Downstream, serve
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
-import policyengine  # noqa: E402
-from policyengine import Engine, _cli  # noqa: E402
-from policyengine._top import RemoteSampler  # noqa: E402
-from policyengine.asgi import status_app  # noqa: E402
+import policyengine
+from policyengine import Engine, _cli
+from policyengine._top import RemoteSampler
+from policyengine.asgi import status_app
 
 POLICIES = """
 schema_version = 1
