@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._guard import Guard
     from ._handle import GuardHandle
 
-__all__ = ["UnusableFallbackError", "fallback_problem", "report_unusable"]
+__all__ = ["UnusableFallbackError", "bound", "fallback_problem", "report_unusable"]
 
 logger = logging.getLogger("policyengine")
 
@@ -71,6 +71,15 @@ def fallback_problem(guard: Guard, response: type, client: str) -> str | None:
             f"return something other than an {wanted}: {fix}"
         )
     return None
+
+
+def bound(handles: list[GuardHandle]) -> list[GuardHandle]:
+    """The handles whose engine exists already: a client made at import time, before
+    ``load()``, must not load the default engine as a side effect (its guards are checked at
+    their first request instead)."""
+    from . import _default
+
+    return [h for h in handles if h._engine is not None or _default._default is not None]
 
 
 def report_unusable(handle: GuardHandle, problem: str, client: str) -> None:

@@ -4,7 +4,8 @@ The service serves `policyengine.asgi.status_app` (for example mounted at ``/ops
 ``URL/status`` every `--interval` seconds and shows what the demo shows: each guard's state,
 calls/s, ok %, rejections, retries, fallbacks, p50/p99 and bulkhead use, a sparkline of its
 failure share, and the recent events (state changes, reloads, rejected edits) the status app
-kept. Rates come from two successive samples, so the first rows appear after one interval.
+kept (stamped with the time since `top` started; events from before it at 0.0s). Rates come
+from two successive samples, so the first rows appear after one interval.
 `--once` prints one set of plain lines and exits (for scripts and tests); `--no-tty` prints
 plain lines until Ctrl-C. Only the standard library is used to fetch (urllib); rich draws the
 live view when it is installed.
@@ -91,12 +92,13 @@ class RemoteSampler(RowBuilder):
             if event["seq"] <= self._seq:
                 continue
             self._seq = event["seq"]
-            at = float(event["at"]) - (self._t0_wall or 0.0)
+            at = max(0.0, float(event["at"]) - (self._t0_wall or 0.0))  # before top: at 0.0
             name, data = event["name"], event.get("data", {})
             if name == "state_change":
                 out.append(state_notice(at, event["guard"], data))
             elif name == "reload":
-                out.append(applied_notice(at, str(data.get("version", "?")), policies))
+                changes = data.get("changes") or policies
+                out.append(applied_notice(at, str(data.get("version", "?")), changes))
             elif name == "reload_failed":
                 out.append(rejected_notice(at, data.get("error"), self.version))
             else:
@@ -122,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"policyengine top: {note}", file=sys.stderr)
     try:
         rows, notices = sampler.poll()  # fails early, before any view starts
-        view.show_intro(f"watching {sampler.url} every {args.interval:g}s; Ctrl-C to quit")
         if args.once:
             time.sleep(args.interval)  # rates need a second sample
             rows, later = sampler.poll()
             view.update(rows, notices + later, _frame(sampler, url))
             return 0
+        view.show_intro(f"watching {sampler.url} every {args.interval:g}s; Ctrl-C to quit")
         view.update(rows, notices, _frame(sampler, url))
         while args.duration is None or sampler.elapsed() < args.duration:
             time.sleep(args.interval)

@@ -43,7 +43,7 @@ import aiohttp
 from aiohttp import payload
 
 from ._handle import GuardHandle
-from ._http_fallback import UnusableFallbackError, fallback_problem, report_unusable
+from ._http_fallback import UnusableFallbackError, bound, fallback_problem, report_unusable
 from ._matchers import Matcher
 from ._models import resolve_matchers
 
@@ -151,7 +151,8 @@ class GuardedMiddleware:
         self._unusable: dict[GuardHandle, str] = {}
         self._static: list[GuardHandle] = []
         self._resolve = self._resolver(guard)
-        for handle in self._static:  # refuse at creation: a configuration error, said at once
+        self._checked = set(bound(self._static))
+        for handle in self._checked:  # refuse at creation: a configuration error, said at once
             problem = self._problem(handle.current())
             if problem is not None:
                 raise UnusableFallbackError(problem)
@@ -212,7 +213,7 @@ class GuardedMiddleware:
                 self._unusable.pop(handle, None)
             else:
                 self._unusable[handle] = problem
-                if not (first and handle in self._static):  # else the constructor raises
+                if not (first and handle in self._checked):  # else the constructor raises
                     report_unusable(handle, problem, "aiohttp client middleware")
         return rule
 

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import httpx
 
 from ._handle import GuardHandle
-from ._http_fallback import UnusableFallbackError, report_unusable
+from ._http_fallback import UnusableFallbackError, bound, report_unusable
 from ._http_fallback import fallback_problem as _fallback_problem
 from ._matchers import Matcher
 from ._models import resolve_matchers
@@ -167,7 +167,8 @@ class _Guarding:
         self._rules: dict[GuardHandle, _StatusRule] = {}
         self._unusable: dict[GuardHandle, str] = {}  # handle -> problem of the guard in force
         self._resolve = self._resolver(guard)
-        for handle in self._static:  # refuse at creation: a configuration error, said at once
+        self._checked = set(bound(self._static))
+        for handle in self._checked:  # refuse at creation: a configuration error, said at once
             problem = fallback_problem(handle.current())
             if problem is not None:
                 raise UnusableFallbackError(problem)
@@ -228,7 +229,7 @@ class _Guarding:
             self._unusable.pop(handle, None)
             return
         self._unusable[handle] = problem
-        if not (first and handle in self._static):  # else the constructor raises
+        if not (first and handle in self._checked):  # else the constructor raises
             report_unusable(handle, problem, "httpx transport")
 
     def _single_attempt(self, request: httpx.Request, guard: Guard) -> bool:

@@ -424,3 +424,26 @@ def test_the_sync_twin_returns_a_readable_error_response(engine: Engine) -> None
         assert (response.status_code, response.text) == (503, "answer 1")
         assert response.elapsed.total_seconds() >= 0
         assert c.get("http://api.test/").text == "answer 2"
+
+
+async def test_a_transport_made_before_any_engine_loads_none_and_checks_later(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module-level client is made at import time, before `load()`: creating it must not load
+    the default engine (a side effect, and maybe the wrong file); its guard is checked at its
+    first request."""
+    from policyengine import _default
+
+    monkeypatch.chdir(tmp_path)  # no policies/policies.toml here: loading would fail
+    transport = GuardedTransport("with_fallback", httpx.MockTransport(Server(200)))
+    assert _default._default is None
+    engine = policyengine.loads(POLICIES, clock=clock)  # the default engine, loaded later
+    events: list[policyengine.Event] = []
+    engine.add_listener(events.append)
+    try:
+        async with httpx.AsyncClient(transport=transport) as c:
+            with pytest.raises(UnusableFallbackError, match=r"'with_fallback' has fallback\.value"):
+                await c.get("http://api.test/")
+        assert [e.name for e in events].count("fallback_unusable") == 1
+    finally:
+        engine.close()
