@@ -186,11 +186,9 @@ class StatusApp:
         """What ``/status`` answers, as a dict."""
         engine = self.engine
         self._listen(engine)
-        guards = {}
+        guards: dict[str, dict[str, Any]] = {}
         for name, guard in sorted(engine.guards.items()):
-            snap = guard.snapshot()
-            snap["mode"] = guard.mode
-            guards[name] = snap
+            guards[name] = {**guard.snapshot(), "mode": guard.mode}
         with self._lock:
             events = list(self._events)
         return {

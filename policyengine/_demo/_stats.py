@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,9 @@ REASONS = ("circuit_open", "bulkhead_full", "budget_exhausted")
 _RATE_WINDOW = 1.0  # seconds of samples behind calls/s, ok %, and the per-second counts
 _LATENCY_WINDOW = 3.0  # seconds of samples behind p50 / p99 (more calls, steadier bounds)
 HISTORY_STEP = 0.5  # seconds between two points of the failure history (the sparkline)
+
+Snapshot = Mapping[str, Any]
+"""A guard's metrics: a `GuardSnapshot` (the demo), or its JSON from ``/status`` (`top`)."""
 
 
 @dataclass(slots=True)
@@ -41,7 +44,7 @@ class Row:
     p99: float | None = None
     bulkhead: tuple[int, int, int] | None = None  # (in use, max_concurrent, queued)
     history: list[float] = field(default_factory=list)  # failure share, every HISTORY_STEP s
-    totals: dict[str, Any] = field(default_factory=dict)
+    totals: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,7 @@ def _quantile(buckets: Sequence[tuple[float, int]], q: float) -> float | None:
     return float("inf")
 
 
-def _buckets(snapshot: dict[str, Any]) -> list[tuple[float, int]]:
+def _buckets(snapshot: Mapping[str, Any]) -> list[tuple[float, int]]:
     """Every bucket, the +Inf one included (the snapshot's list stops at the last bound)."""
     duration = snapshot["duration"]
     pairs: list[tuple[float, int]] = list(duration["buckets"])
@@ -84,7 +87,7 @@ class RowBuilder:
 
     def __init__(self, names: Sequence[str], *, history: int = 24) -> None:
         self.names = list(names)
-        self._samples: dict[str, collections.deque[tuple[float, dict[str, Any]]]] = {}
+        self._samples: dict[str, collections.deque[tuple[float, Snapshot]]] = {}
         self._history: dict[str, collections.deque[float]] = {}
         self._history_at: dict[str, float] = {}
         self._history_len = history
@@ -96,7 +99,7 @@ class RowBuilder:
         self._history[name] = collections.deque(maxlen=self._history_len)
         self._history_at[name] = 0.0
 
-    def row(self, name: str, mode: str, now: float, snap: dict[str, Any]) -> Row:
+    def row(self, name: str, mode: str, now: float, snap: Snapshot) -> Row:
         """The row of guard `name` from its snapshot taken at `now` (monotonic seconds)."""
         if name not in self._samples:
             self._track(name)
@@ -111,8 +114,8 @@ class RowBuilder:
         name: str,
         mode: str,
         now: float,
-        snap: dict[str, Any],
-        samples: collections.deque[tuple[float, dict[str, Any]]],
+        snap: Snapshot,
+        samples: collections.deque[tuple[float, Snapshot]],
     ) -> Row:
         row = Row(name, mode, snap["state"], totals=snap)
         bulkhead = snap.get("bulkhead")
