@@ -85,11 +85,14 @@ def error_response(
     return status, headers, json.dumps(body).encode()
 
 
-async def _send(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+async def _send(
+    send: Send, status: int, headers: list[tuple[str, str]], body: bytes, *, head: bool = False
+) -> None:
+    """One whole response (`head`: the headers of a HEAD request's answer, without the body)."""
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
     raw.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 class GuardErrorMiddleware:
@@ -226,17 +229,18 @@ class StatusApp:
         if method not in ("GET", "HEAD"):
             await _send(send, 405, [("allow", "GET, HEAD")], b"")
             return
+        head = method == "HEAD"
         if route == "/status":
             body = json.dumps(self.status(), default=str).encode()
-            await _send(send, 200, [("content-type", "application/json")], body)
+            await _send(send, 200, [("content-type", "application/json")], body, head=head)
             return
         text = self.metrics()
         if text is None:
             hint = b"prometheus_client is not installed: pip install prometheus_client\n"
-            await _send(send, 404, [("content-type", "text/plain")], hint)
+            await _send(send, 404, [("content-type", "text/plain")], hint, head=head)
             return
         content_type = "text/plain; version=0.0.4; charset=utf-8"
-        await _send(send, 200, [("content-type", content_type)], text)
+        await _send(send, 200, [("content-type", content_type)], text, head=head)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

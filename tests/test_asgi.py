@@ -167,6 +167,12 @@ async def test_status_app_mounted_in_starlette(make_engine: MakeEngine, clock: F
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
         assert 'policyengine_breaker_state{guard="api"} 1.0' in metrics.text
+        head = await c.head("/ops/status")
+        assert (
+            head.status_code == 200
+            and head.content == b""
+            and int(head.headers["content-length"]) > 0
+        )
         assert (await c.get("/ops/nothing")).status_code == 404
         assert (await c.post("/ops/status")).status_code == 405
     ops.close()
