@@ -1,5 +1,5 @@
-"""Guard every request of an aiohttp client with a named policy (extra ``policyengine[aiohttp]``,
-aiohttp 3.12 or later, for client middlewares)::
+"""Guard every request of an aiohttp client with a named policy (``pip install
+"resilience-policyengine[aiohttp]"``; aiohttp 3.12 or later, for client middlewares)::
 
     from policyengine.aiohttp import GuardedMiddleware
 

@@ -1,4 +1,5 @@
-"""Guard every request of an httpx client with a named policy (extra ``policyengine[httpx]``)::
+"""Guard every request of an httpx client with a named policy (``pip install
+"resilience-policyengine[httpx]"``)::
 
     from policyengine.httpx import GuardedTransport, GuardedSyncTransport
 

@@ -1,4 +1,4 @@
-"""OpenTelemetry metrics for every guard of an engine (extra ``policyengine[otel]``)::
+"""OpenTelemetry metrics for every guard of an engine (extra ``resilience-policyengine[otel]``)::
 
     from policyengine.otel import instrument
 

@@ -1,5 +1,5 @@
 """Prometheus metrics for every guard of an engine, read from the guards' own counters at scrape
-time (extra ``policyengine[prometheus]``)::
+time (extra ``resilience-policyengine[prometheus]``)::
 
     from prometheus_client import REGISTRY
     from policyengine.prometheus import PolicyEngineCollector

@@ -83,6 +83,17 @@ async def test_a_rejection_without_a_hint_has_no_retry_after() -> None:
     assert response.json()["error"] == "bulkhead_full"
 
 
+async def test_a_guard_error_alone_in_an_exception_group_is_answered() -> None:
+    group = ExceptionGroup("task group", [CircuitOpenError("payments", 0.2)])
+    async with client(app_raising(group)) as c:
+        response = await c.get("/")
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    mixed = ExceptionGroup("task group", [CircuitOpenError("a", 1.0), ValueError("b")])
+    with pytest.raises(ExceptionGroup):
+        async with client(app_raising(mixed)) as c:
+            await c.get("/")
+
+
 async def test_a_guard_timeout_is_a_504() -> None:
     async with client(app_raising(GuardTimeoutError("search", "total", 2.0))) as c:
         response = await c.get("/")

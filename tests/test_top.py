@@ -96,3 +96,15 @@ def test_a_url_that_is_not_a_status_endpoint(capsys: pytest.CaptureFixture[str])
         assert _cli.main(["top", url, "--once"]) == 1
     err = capsys.readouterr().err
     assert "is not a policyengine status endpoint" in err and "status_app" in err
+
+
+def test_no_tty_prints_plain_lines_until_the_duration_ends(
+    service: tuple[Engine, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine, url = service
+    code = _cli.main(["top", url, "--no-tty", "--interval", "0.25", "--duration", "1.2"])
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"watching {url}/status every 0.25s; Ctrl-C to quit"
+    rows = [line for line in out if "guard pool" in line]
+    assert 1 <= len(rows) <= 3, out  # one row per guard per second of plain output
