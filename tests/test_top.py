@@ -101,7 +101,7 @@ def test_a_url_that_is_not_a_status_endpoint(capsys: pytest.CaptureFixture[str])
 def test_no_tty_prints_plain_lines_until_the_duration_ends(
     service: tuple[Engine, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    engine, url = service
+    _, url = service
     code = _cli.main(["top", url, "--no-tty", "--interval", "0.25", "--duration", "1.2"])
     assert code == 0
     out = capsys.readouterr().out.splitlines()
