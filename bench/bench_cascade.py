@@ -6,7 +6,7 @@ Healthy load, then B hangs, then B stays hung (a breaker, if any, is open by the
 
 - ``none``: httpx's own 5 s timeout and nothing else;
 - ``tenacity+circuitbreaker``: the usual hand-rolled stack, same numbers as the policy
-  (250 ms per attempt, 2 attempts, a breaker per dependency opening after 5 failures);
+  (500 ms per attempt, 2 attempts, a breaker per dependency opening after 5 failures);
 - ``policyengine``: `GuardedTransport` per host with the policy of `tests/cascade.py`
   (the same timeouts, retry and breaker, plus a bulkhead of 5 per dependency).
 
