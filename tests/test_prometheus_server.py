@@ -65,11 +65,15 @@ def test_histogram_quantile_lands_in_the_right_bucket(
     """Regression: with ``le="inf"`` beside ``le="+Inf"``, a p99 of 20 ms read as 10 s."""
     engine, server = scraped
     count = 'policyengine_call_duration_seconds_count{{guard="{g}"}}'
-    wait_until(lambda: server.scalar(count.format(g="fast")) == 0, "a first scrape (all zero)")
+    # Prometheus applies a new target list at most every 5 s: the first scrape takes that long.
+    first = "a first scrape (all zero)"
+    wait_until(lambda: server.scalar(count.format(g="fast")) == 0, first, timeout=30)
     record(engine, "fast", [0.02] * 99 + [12.0])  # p99: the (10ms, 25ms] bucket
     record(engine, "slow", [0.02] * 50 + [3.0] * 50)  # p99: the (2.5s, 5s] bucket
     wait_until(
-        lambda: server.scalar(count.format(g="slow")) == 100, "a scrape of the recorded calls"
+        lambda: server.scalar(count.format(g="slow")) == 100,
+        "a scrape of the recorded calls",
+        timeout=30,
     )
     # One +Inf bucket, read by Prometheus as the float +Inf, holding every call.
     infinite = '{guard="fast",le=~"(?i)\\\\+?inf"}'
