@@ -71,6 +71,7 @@ class Guard:
         "budget",
         "bulkhead",
         "clock",
+        "clocked",
         "emit",
         "fallback",
         "ignores",
@@ -126,6 +127,8 @@ class Guard:
         # slow-call rules need durations; a call started without one is never slow, even if
         # a reload adds the rule while it runs (the breaker itself is reconfigured in place)
         self.timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
+        # an attempt's duration is needed by slow-call rules and by layers, else not measured
+        self.clocked = self.timed or bool(layers)
         # a bulkhead wait bounded by max_wait or the total deadline needs a timer
         self.bounded_wait = bulkhead is not None and (
             (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
@@ -257,7 +260,11 @@ class Guard:
                 permit = self._door(breaker)
         m = self.metrics
         loop = _get_loop()
-        m.start()
+        lock = m.lock  # m.start(), inlined: this is the hot path
+        lock.acquire()
+        m.calls += 1
+        m.inside += 1
+        lock.release()
         t0 = loop.time()
         deadline = None if self.total is None else t0 + self.total
         if self.budget is not None:
@@ -281,7 +288,8 @@ class Guard:
                         when = end
                 if when is not None:
                     attempt.timer = self.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                attempt.started = clock.now()
+                if self.clocked:
+                    attempt.started = clock.now()
                 awaited: object = NOT_CALLED
                 try:
                     if self.threaded:
@@ -298,7 +306,7 @@ class Guard:
                         raise step from None  # type: ignore[misc]
                     await clock.sleep(step)
                     continue
-                attempt.succeeded(clock.now())
+                attempt.succeeded()
                 outcome = 1
                 return result
         except BaseException as exc:
