@@ -302,9 +302,7 @@ class Guard:
                     step = self._failed(attempt, exc, awaited, fn, n, when == deadline, deadline)
                     if step is exc:
                         raise
-                    if type(step) is not float:
-                        raise step from None  # type: ignore[misc]
-                    await clock.sleep(step)
+                    await clock.sleep(step)  # type: ignore[arg-type]
                     continue
                 attempt.succeeded()
                 outcome = 1
@@ -350,19 +348,21 @@ class Guard:
         deadline: float | None,
     ) -> BaseException | float:
         """Attempt `n` raised `exc`: settle it and decide. Returns the backoff sleep before
-        the next attempt, or the error to raise (`exc` itself: re-raise it as it is)."""
+        the next attempt, or `exc` itself to re-raise as it is; raises the error that ends the
+        call when it is not `exc` (our GuardTimeoutError, or the caller's mistake)."""
         if isinstance(exc, TypeError) and awaited is not NOT_CALLED:
             attempt.refuse_not_awaitable(awaited, fn)
         clock = self.clock
         error = attempt.failed(exc, total, n, clock.now())
-        if not isinstance(error, Exception):
-            return error
-        remaining = None if deadline is None else deadline - _get_loop().time()
-        decision = decide(self, error, n, attempt.previous, remaining)
-        if type(decision) is not Retry:
-            return error
-        attempt.previous = decision.wait
-        return decision.wait
+        if isinstance(error, Exception):
+            remaining = None if deadline is None else deadline - _get_loop().time()
+            decision = decide(self, error, n, attempt.previous, remaining)
+            if type(decision) is Retry:
+                attempt.previous = decision.wait
+                return decision.wait
+        if error is exc:
+            return exc
+        raise error from None
 
     async def _layer_wait(
         self,
