@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._breaker import _OPEN
-from ._events import Event
+from ._events import Event, FallbackUsed, Rejected, TimedOut
 from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
 from ._matchers import compile_matchers
 from ._models import resolve_matchers
@@ -48,6 +48,9 @@ __all__ = ["Guard"]
 T = TypeVar("T")
 _get_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
+
+
+_OPEN_REJECTED = Rejected("circuit_open")
 
 
 def _always(exc: BaseException) -> bool:
@@ -162,20 +165,20 @@ class Guard:
         """A rejection after the call was counted (a retry refused, a full bulkhead...)."""
         self.metrics.count(reason)
         if self.emit.hot:
-            self.emit(Event("rejected", self.name, {"reason": reason}))
+            self.emit(Event.of(self.name, Rejected(reason)))
 
     def refuse(self) -> None:
         """A call refused at the door: a call, ignored (neither outcome), circuit_open."""
         self.metrics.refuse()
         if self.emit.hot:
-            self.emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+            self.emit(Event.of(self.name, _OPEN_REJECTED))
 
     def timed_out(self, total: bool, n: int) -> GuardTimeoutError:
         """Attempt `n` ran past the total deadline (`total`) or its own: counted, announced."""
         kind = "total" if total else "attempt"
         seconds = (self.total if total else self.attempt_timeout) or 0.0
         self.metrics.count("timeouts")
-        self.emit(Event("timeout", self.name, {"kind": kind, "attempt": n}))
+        self.emit(Event.of(self.name, TimedOut(kind, n)))
         return GuardTimeoutError(self.name, kind, seconds)
 
     def deadline(
@@ -227,7 +230,7 @@ class Guard:
             if fallback is None or fallback.kind_of(exc, self.retryable) is None:
                 raise
             self.metrics.count("fallbacks")
-            self.emit(Event("fallback", self.name, {"error": type(exc).__name__}))
+            self.emit(Event.of(self.name, FallbackUsed(type(exc).__name__)))
             return await fallback.produce(exc)
 
     def _door(self, breaker: Breaker) -> int:
@@ -239,7 +242,7 @@ class Guard:
             if now < until:
                 self.metrics.refuse()  # `refuse()`, inlined
                 if self.emit.hot:
-                    self.emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+                    self.emit(Event.of(self.name, _OPEN_REJECTED))
                 raise CircuitOpenError(self.name, until - now, "open")
         try:
             return breaker.acquire()

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._events import Event
+from ._events import Event, FallbackUsed
 from ._lifecycle import Attempt
 from ._observe import observe_sync
 from ._retry_decision import Retry, decide
@@ -61,7 +61,7 @@ def _fall_back(guard: Guard, exc: Exception) -> Any:  # the fallback's value or 
     if fallback is None or fallback.kind_of(exc, guard.retryable) is None:
         raise exc
     guard.metrics.count("fallbacks")
-    guard.emit(Event("fallback", guard.name, {"error": type(exc).__name__}))
+    guard.emit(Event.of(guard.name, FallbackUsed(type(exc).__name__)))
     return fallback.produce_sync(exc)
 
 
