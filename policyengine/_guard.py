@@ -53,6 +53,10 @@ _current_task = asyncio.current_task
 _OPEN_REJECTED = Rejected("circuit_open")
 
 
+async def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
 def _always(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
@@ -69,12 +73,14 @@ class Guard:
         "_queue",
         "_wait_queue",
         "attempt_timeout",
+        "bounded",
         "bounded_wait",
         "breaker",
         "budget",
         "bulkhead",
         "clock",
         "clocked",
+        "door",
         "emit",
         "fallback",
         "ignores",
@@ -132,6 +138,8 @@ class Guard:
         self.timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
         # an attempt's duration is needed by slow-call rules and by layers, else not measured
         self.clocked = self.timed or bool(layers)
+        # call_sync cannot stop an attempt: with a timeout it measures it, to count overruns
+        self.bounded = self.total is not None or self.attempt_timeout is not None
         # a bulkhead wait bounded by max_wait or the total deadline needs a timer
         self.bounded_wait = bulkhead is not None and (
             (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
@@ -139,6 +147,10 @@ class Guard:
         )
         self._queue: DeadlineQueue | None = None
         self._wait_queue: DeadlineQueue | None = None
+        # The breaker `call` itself tests (see `refusal`): only where an open circuit simply
+        # raises (enforce mode, no fallback to serve it)
+        plain = self.mode == "enforce" and fallback is None
+        self.door: Breaker | None = breaker if plain else None
         # What `call` runs, chosen once: no mode or fallback test per call.
         if self.mode == "disabled":
             self._first = self._passthrough
@@ -203,7 +215,32 @@ class Guard:
         self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
     ) -> Coroutine[Any, Any, T]:
         """`await guard.call(fn, ...)`: run `fn(*args, **kwargs)` through every layer."""
+        door = self.door
+        if door is not None and door._closed_permit < 0:
+            refused = self.refusal(door)
+            if refused is not None:
+                return refused
         return self._first(fn, args, kwargs)
+
+    def refusal(self, breaker: Breaker) -> Coroutine[Any, Any, Any] | None:
+        """An open circuit's rejection, decided before any coroutine of ours runs: a minimal
+        coroutine that raises the (counted) CircuitOpenError, or None to run the call.
+
+        Why here: this is an outage's hot path, paid by every caller while the dependency is
+        down. Deciding it in `call()` skips the guard's own coroutine frames (the caller still
+        gets a coroutine, so `create_task(guard.call(...))` and `gather` keep working); what is
+        left costs little more than any coroutine that only raises. Half-open and forced states
+        go the long way (`Breaker.acquire` under its lock)."""
+        if breaker._state != _OPEN or breaker.observe:
+            return None
+        now = breaker._now()
+        until = breaker._open_until
+        if now >= until:
+            return None
+        self.metrics.refuse()
+        if self.emit.hot:
+            self.emit(Event.of(self.name, _OPEN_REJECTED))
+        return _raise(CircuitOpenError(self.name, until - now, "open"))
 
     async def _passthrough(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

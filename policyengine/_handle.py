@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._scope import AttemptScope
+from ._sync import call_sync as _call_sync
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -89,12 +90,19 @@ class GuardHandle:
         """`await handle.call(fn, *args, **kwargs)`: run `fn` through the policy."""
         engine = self._engine if self._engine is not None else _default_engine()
         guard = engine._guards.get(self.name) or engine._lookup(self.name)
+        door = guard.door  # `Guard.call`'s open-circuit test, inlined (an outage's hot path)
+        if door is not None and door._closed_permit < 0:
+            refused = guard.refusal(door)
+            if refused is not None:
+                return refused
         return guard._first(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking `fn` through the policy in this thread (see the README on timeouts)."""
         engine = self._engine if self._engine is not None else _default_engine()
-        return engine._lookup(self.name).call_sync(fn, *args, **kwargs)
+        return _call_sync(
+            engine._guards.get(self.name) or engine._lookup(self.name), fn, args, kwargs
+        )
 
     @overload
     def __call__(

@@ -32,6 +32,7 @@ from ._layer import Outcome
 from .exceptions import BulkheadFullError, CircuitOpenError, GuardTimeoutError, RejectedError
 
 if TYPE_CHECKING:
+    from ._breaker import Breaker
     from ._guard import Guard
     from ._timeout import Deadline
 
@@ -79,10 +80,13 @@ class Attempt:
         self.slot = False
         self.admitted = 0
         breaker = self.guard.breaker
-        if breaker is None:
-            return
+        if breaker is not None:
+            self.permit = self.take_permit(breaker)
+
+    def take_permit(self, breaker: Breaker) -> int:
+        """The breaker's permit for this attempt, or its CircuitOpenError (counted)."""
         try:
-            self.permit = breaker.acquire()
+            return breaker.acquire()
         except CircuitOpenError:
             self.guard.count_rejection("circuit_open")
             raise
