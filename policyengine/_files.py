@@ -1,0 +1,142 @@
+"""What the loader agrees to read: regular files of bounded size, documents of bounded depth.
+
+A policy file is read by a service at start-up and again on every edit, so nothing in it may hang
+or exhaust the process. The bounds (documented in the README, "Validation"):
+
+- Only regular files (or symlinks to one). A named pipe, a device (`/dev/zero`), a socket or a
+  directory named ``*.toml`` is refused without reading a byte: the file is opened non-blocking
+  (so opening a FIFO with no writer does not hang) and checked with `fstat` on the open
+  descriptor (so a file swapped after a `stat` cannot slip through).
+- At most `MAX_FILE_BYTES` (1 MiB; the example files are about 5 KiB). A longer file is refused
+  after reading one byte past the limit, whatever its size claims.
+- Tables and arrays nested at most `MAX_DEPTH` (32) levels deep; the format itself needs 7
+  (``policies.p.retry.never_retry[0].status[0]``), the rest is room for `fallback.value`.
+  Deeper documents are refused before anything recursive (the line scanner, the merge,
+  validation) walks them; one too deep for `tomllib` itself (a `RecursionError`) likewise.
+- A directory load reads every ``*.toml`` in it except hidden ones (a leading dot: editors' lock
+  and swap files such as Emacs's ``.#payments.toml``). A symlink whose target is missing is an
+  error at its file, not skipped: a policy file that silently vanished would drop its guards.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._lines import KeyPath, dotted
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "Unreadable",
+    "directory_entries",
+    "read_policy_bytes",
+    "too_deep",
+]
+
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class Unreadable(Exception):
+    """The file is not one the loader reads; the message says why and what to do."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _via(path: Path) -> str:
+    if not path.is_symlink():
+        return ""
+    try:
+        return f" (the symlink points to {os.readlink(path)})"
+    except OSError:
+        return ""
+
+
+def dangling(path: Path) -> str | None:
+    """The message for a symlink whose target does not exist, else None."""
+    if path.is_symlink() and not path.exists():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"a dangling symlink: its target {target!r} does not exist; fix or remove the link"
+    return None
+
+
+def read_policy_bytes(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; `Unreadable` or OSError else."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Unreadable(
+                f"not a regular file: it is {_kind(info.st_mode)}{_via(path)}; "
+                "a policy file must be a regular file (or a symlink to one)"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, min(1 << 16, MAX_FILE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_BYTES:
+        raise Unreadable(too_large())
+    return b"".join(chunks)
+
+
+def too_large() -> str:
+    return (
+        f"the file is larger than {MAX_FILE_BYTES // (1 << 20)} MiB, the most a policy file "
+        "may hold: is it really a policy file? (split it into a directory of files)"
+    )
+
+
+def directory_entries(directory: Path) -> Iterator[Path]:
+    """The ``*.toml`` paths a directory load reads, sorted, hidden files left out."""
+    for path in sorted(directory.glob("*.toml")):
+        if not path.name.startswith("."):
+            yield path
+
+
+def too_deep(data: dict[str, Any]) -> KeyPath | None:
+    """The path to the first value nested deeper than MAX_DEPTH, else None (iterative)."""
+    stack: list[tuple[KeyPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return path
+        if isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(value))
+    return None
+
+
+def depth_message(path: KeyPath | None) -> str:
+    shown = dotted(path[:4]) + ".…" if path else "a value"
+    return (
+        f"tables or arrays nested more than {MAX_DEPTH} levels deep (under {shown}); "
+        "a policy file needs at most 7: flatten the value"
+    )
