@@ -27,13 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from ._lines import KeyPath, dotted
+from .exceptions import PolicyIssue, PolicyValidationError
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
     "Unreadable",
     "directory_entries",
+    "files_of",
+    "read_all",
     "read_policy_bytes",
+    "read_text",
     "too_deep",
 ]
 
@@ -140,3 +144,47 @@ def depth_message(path: KeyPath | None) -> str:
         f"tables or arrays nested more than {MAX_DEPTH} levels deep (under {shown}); "
         "a policy file needs at most 7: flatten the value"
     )
+
+
+def read_text(path: Path) -> str:
+    """The file's text (bounded: see `_files`); a UTF-8 byte order mark is dropped (some Windows
+    editors write one)."""
+    return read_policy_bytes(path).removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+
+
+def files_of(p: Path) -> list[Path]:
+    """The files a load of `p` reads (PolicyValidationError when there are none)."""
+    if p.is_dir():
+        files = list(directory_entries(p))
+        if not files:
+            message = "no *.toml files in this directory (hidden files are not read)"
+            raise PolicyValidationError([PolicyIssue(str(p), None, "", message)])
+        return files
+    if p.exists():
+        return [p]
+    message = dangling(p) or "no such file or directory"
+    raise PolicyValidationError([PolicyIssue(str(p), None, "", message)])
+
+
+def read_all(files: list[Path], issues: list[PolicyIssue]) -> list[tuple[str, str]]:
+    texts: list[tuple[str, str]] = []
+    for f in files:
+        try:
+            texts.append((str(f), read_text(f)))
+        except Unreadable as exc:
+            issues.append(PolicyIssue(str(f), None, "", str(exc)))
+        except OSError as exc:
+            message = dangling(f) or f"cannot read the file: {exc}"
+            issues.append(PolicyIssue(str(f), None, "", message))
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            issues.append(
+                PolicyIssue(
+                    str(f),
+                    line,
+                    "",
+                    f"the file is not UTF-8 text (byte {exc.object[exc.start]:#04x} on this "
+                    "line): TOML files are UTF-8; save it as UTF-8",
+                )
+            )
+    return texts

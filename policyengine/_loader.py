@@ -26,10 +26,10 @@ from ._diagnostics import clean_loc, describe, without_typo_echoes
 from ._files import (
     MAX_FILE_BYTES,
     Unreadable,
-    dangling,
     depth_message,
-    directory_entries,
-    read_policy_bytes,
+    files_of,
+    read_all,
+    read_text,
     too_deep,
     too_large,
 )
@@ -347,50 +347,6 @@ def load_text(
     return _build(texts, [], _hash(text), strict, allow_modules)
 
 
-def _read(path: Path) -> str:
-    """The file's text (bounded: see `_files`); a UTF-8 byte order mark is dropped (some Windows
-    editors write one)."""
-    return read_policy_bytes(path).removeprefix(b"\xef\xbb\xbf").decode("utf-8")
-
-
-def _files(p: Path) -> list[Path]:
-    """The files a load of `p` reads (PolicyValidationError when there are none)."""
-    if p.is_dir():
-        files = list(directory_entries(p))
-        if not files:
-            message = "no *.toml files in this directory (hidden files are not read)"
-            raise PolicyValidationError([PolicyIssue(str(p), None, "", message)])
-        return files
-    if p.exists():
-        return [p]
-    message = dangling(p) or "no such file or directory"
-    raise PolicyValidationError([PolicyIssue(str(p), None, "", message)])
-
-
-def _read_all(files: list[Path], issues: list[PolicyIssue]) -> list[tuple[str, str]]:
-    texts: list[tuple[str, str]] = []
-    for f in files:
-        try:
-            texts.append((str(f), _read(f)))
-        except Unreadable as exc:
-            issues.append(PolicyIssue(str(f), None, "", str(exc)))
-        except OSError as exc:
-            message = dangling(f) or f"cannot read the file: {exc}"
-            issues.append(PolicyIssue(str(f), None, "", message))
-        except UnicodeDecodeError as exc:
-            line = exc.object[: exc.start].count(b"\n") + 1
-            issues.append(
-                PolicyIssue(
-                    str(f),
-                    line,
-                    "",
-                    f"the file is not UTF-8 text (byte {exc.object[exc.start]:#04x} on this "
-                    "line): TOML files are UTF-8; save it as UTF-8",
-                )
-            )
-    return texts
-
-
 def load_path(
     path: str | os.PathLike[str],
     *,
@@ -401,7 +357,7 @@ def load_path(
     read is bounded (see `_files`). `allow_modules` as for `load_text`."""
     p = Path(path)
     issues: list[PolicyIssue] = []
-    texts = _read_all(_files(p), issues)
+    texts = read_all(files_of(p), issues)
     if p.is_dir():
         version = _hash(*(part for name, text in texts for part in (Path(name).name, text)))
     else:
@@ -423,7 +379,7 @@ def state_issue(policy_set: PolicySet, exc: Exception) -> PolicyIssue:
     message = f"the state backend cannot be set up: {message}"
     for source in policy_set.sources:
         try:
-            text = _read(Path(source))
+            text = read_text(Path(source))
             data = tomllib.loads(text)
         except (OSError, ValueError, Unreadable, RecursionError):  # "<string>", or changed since
             continue
