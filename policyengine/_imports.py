@@ -184,6 +184,13 @@ def resolve_handler(path: str, allow_modules: Iterable[str] | None = None) -> Ca
     obj = import_object(path)
     if not callable(obj):
         raise ValueError(f"{path!r} is not callable: a handler is a function taking the error")
-    _check_origin(path, obj, allow)
-    _check_signature(path, obj)
+    try:
+        _check_origin(path, obj, allow)
+        _check_signature(path, obj)
+    except ValueError:
+        raise
+    except BaseException as exc:  # an object whose __signature__ or __module__ raises
+        raise ValueError(
+            f"inspecting {path.strip()!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
     return obj

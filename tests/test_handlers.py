@@ -169,3 +169,18 @@ def test_the_compiled_fallback_calls_the_checked_handler() -> None:
         raise GuardTimeoutError("p", "attempt", 1.0)
 
     assert engine.guard("p").call_sync(slow) == "one"
+
+
+def test_a_handler_whose_inspection_raises_is_a_validation_error(tmp_path: Path) -> None:
+    (tmp_path / "weird.py").write_text(
+        "class Weird:\n"
+        "    @property\n"
+        "    def __signature__(self):\n"
+        "        raise SystemExit(5)\n"
+        "    def __call__(self, error):\n"
+        "        return 1\n"
+        "handler = Weird()\n"
+    )
+    sys.modules.pop("weird", None)
+    found = error("weird:handler")
+    assert found.message == "inspecting 'weird:handler' failed: SystemExit: 5"
