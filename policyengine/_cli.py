@@ -171,6 +171,8 @@ def _init(args: argparse.Namespace) -> int:
     text = starter(str(path), Path(relative).as_posix(), httpx=client == "httpx")
     path.write_text(text, encoding="utf-8")
     print(f"wrote {path}; check it with `policyengine validate {path}`")
+    if client == "httpx" and not has_httpx():
+        print("note: httpx is not installed here, so the file will not validate until it is")
     if not schema.exists():
         print(f"for completion in editors, also run `policyengine schema -o {SCHEMA_PATH}`")
     return 0

@@ -18,7 +18,7 @@ from ._matcher_models import (
     MatcherSpec,
     resolve_matchers,
 )
-from ._state_url import check_state_url
+from ._state_url import URL_PATTERN, check_state_url
 from ._units import Duration, Ratio, format_duration
 
 __all__ = [
@@ -284,6 +284,7 @@ class StateOptions(FrozenModel):
         default="redis://127.0.0.1:6379/0",
         description="redis://, rediss://, unix://, redis+cluster://h1:p1,h2:p2, "
         "redis+sentinel://h1:p1,h2:p2/service, valkey://, valkeys:// (backend redis).",
+        json_schema_extra={"pattern": URL_PATTERN},  # editors flag the scheme; we check the rest
     )
     prefix: str = Field(default="policyengine", min_length=1, description="Key namespace.")
     on_error: Literal["local", "open", "closed"] = Field(

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-__all__ = ["SCHEMES", "check_state_url"]
+__all__ = ["SCHEMES", "URL_PATTERN", "check_state_url"]
 
 SCHEMES = (
     "redis",
@@ -50,6 +50,9 @@ def _number(text: str) -> bool:
 def _boolean(text: str) -> bool:
     return text.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off")
 
+
+URL_PATTERN = r"^\s*(?:redis|rediss|unix|redis\+cluster|redis\+sentinel|valkey|valkeys)://"
+"""The schemes as a JSON Schema pattern, for editors (the full shape is checked here)."""
 
 _QUERY: dict[str, Callable[[str], bool]] = {
     "db": _int,

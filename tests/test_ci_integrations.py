@@ -120,6 +120,7 @@ MISTAKES = {
     "a matcher table without type": "[policies.p.retry]\nnever_retry = [{ status = [404] }]\n",
     "an unknown fallback kind": '[policies.p.fallback]\nvalue = 1\non = ["open"]\n',
     "an unknown state backend": '[state]\nbackend = "redis-cluster"\n',
+    "a state url of another scheme": '[state]\nurl = "http://cache:6379"\n',
     "a schema version from the future": "schema_version = 2\n",
 }
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 import policyengine
 from policyengine._files import MAX_DEPTH, MAX_FILE_BYTES
@@ -356,3 +357,45 @@ def test_policy_sets_remember_the_allow_list_for_reloads() -> None:
     ps: PolicySet = load_text(GOOD, allow_modules=("policyengine.",))
     assert ps.allow_modules == ("policyengine.",)
     assert load_text(GOOD).allow_modules is None
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_the_watcher_survives_a_module_that_exits_and_a_deep_file(
+    modules: Path, tmp_path: Path, polling: bool
+) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD)
+    engine = policyengine.load(
+        path, watch=True, default=False, force_polling=polling, poll_interval=0.05, settle=0.01
+    )
+    try:
+        for bad, says in (
+            ('[policies.p.breaker]\nignore = ["exits_at_import.Error"]\n', "SystemExit: 3"),
+            (DEEP["inline tables"], "nested more than 32 levels"),
+        ):
+            path.write_text(bad)
+            wait_until(lambda s=says: s in (engine.status()["last_error"] or ""), says)
+            assert engine.status()["watching"]
+        path.write_text('[policies.q]\ntimeout = { total = "2s" }\n')
+        wait_until(lambda: "q" in engine.guards, "the good edit after the bad ones")
+        assert engine.status()["last_error"] is None
+    finally:
+        engine.close()
+
+
+def test_a_state_url_redis_cannot_parse_fails_loads_with_a_validation_error() -> None:
+    text = '[state]\nbackend = "redis"\nurl = "redis://cache:port/0"\n[policies.p]\n'
+    found = errors_of(policyengine.loads, text, source="p.toml", default=False)
+    assert [(e.path, e.line) for e in found] == [("state.url", 3)]
+
+
+def test_the_schema_pattern_for_urls_agrees_with_the_check() -> None:
+    import re
+
+    from policyengine._state_url import URL_PATTERN
+
+    for url in GOOD_URLS:
+        assert re.match(URL_PATTERN, url), url
+    for url, says in BAD_URLS:
+        if "must start with one of" in says or "did you mean redis" in says:
+            assert not re.match(URL_PATTERN, url), url
