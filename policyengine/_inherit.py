@@ -108,9 +108,6 @@ class Chain:
             yield link.node
             link = link.parent
 
-    def __getitem__(self, index: int) -> Node:
-        return list(self)[index]
-
 
 def _cycle_issue(loop: list[Node], order: dict[Node, int]) -> PolicyIssue:
     """One issue for a cycle, said by its member that comes first in the files."""

@@ -231,14 +231,14 @@ class _Build:
         """A load with no policy at all (an empty or truncated file) is a warning."""
         if policies or self.nodes["policies"] or self.issues or not sources:
             return
-        where = sources[0] if len(sources) == 1 else ", ".join(sources)
+        what = "the file defines" if len(sources) == 1 else f"the {len(sources)} files define"
         message = (
-            "no policies: the file defines no [policies.NAME] table, so guard(NAME) finds "
-            "nothing (is the file truncated?)"
+            f"no policies: {what} no [policies.NAME] table, so guard(NAME) finds nothing "
+            "(is the file truncated?)"
         )
         severity: Literal["error", "warning"] = "error" if self.strict else "warning"
         (self.issues if self.strict else self.warnings).append(
-            PolicyIssue(where, None, "policies", message, severity)
+            PolicyIssue(sources[0], None, "policies", message, severity)
         )
 
 
