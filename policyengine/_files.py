@@ -7,8 +7,9 @@ or exhaust the process. The bounds (documented in the README, "Validation"):
   directory named ``*.toml`` is refused without reading a byte: the file is opened non-blocking
   (so opening a FIFO with no writer does not hang) and checked with `fstat` on the open
   descriptor (so a file swapped after a `stat` cannot slip through).
-- At most `MAX_FILE_BYTES` (1 MiB; the example files are about 5 KiB). A longer file is refused
-  after reading one byte past the limit, whatever its size claims.
+- At most `MAX_FILE_BYTES` (4 MiB: some 7,000 policies written out in full; the example is
+  5 KiB). A longer file is refused after reading one byte past the limit, whatever its size
+  claims.
 - Tables and arrays nested at most `MAX_DEPTH` (32) levels deep; the format itself needs 7
   (``policies.p.retry.never_retry[0].status[0]``), the rest is room for `fallback.value`.
   Deeper documents are refused before anything recursive (the line scanner, the merge,
@@ -41,7 +42,7 @@ __all__ = [
     "too_deep",
 ]
 
-MAX_FILE_BYTES = 1 << 20
+MAX_FILE_BYTES = 4 << 20
 MAX_DEPTH = 32
 
 _KINDS = (
@@ -125,17 +126,33 @@ def directory_entries(directory: Path) -> Iterator[Path]:
 
 
 def too_deep(data: dict[str, Any]) -> KeyPath | None:
-    """The path to the first value nested deeper than MAX_DEPTH, else None (iterative)."""
+    """The path to the first value nested deeper than MAX_DEPTH, else None (iterative; the
+    common, shallow case counts depths of containers only and builds no paths)."""
+    level: list[Any] = [data]
+    for _ in range(MAX_DEPTH):
+        below: list[Any] = []
+        for container in level:
+            values = container.values() if isinstance(container, dict) else container
+            below.extend(v for v in values if isinstance(v, dict | list))
+        if not below:
+            return None
+        level = below
+    if any(level):  # a non-empty container at MAX_DEPTH holds a value one deeper
+        return _path_deeper_than(data, MAX_DEPTH)
+    return None
+
+
+def _path_deeper_than(data: dict[str, Any], limit: int) -> KeyPath:
     stack: list[tuple[KeyPath, Any]] = [((), data)]
     while stack:
         path, value = stack.pop()
-        if len(path) > MAX_DEPTH:
+        if len(path) > limit:
             return path
         if isinstance(value, dict):
             stack.extend(((*path, k), v) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend(((*path, i), v) for i, v in enumerate(value))
-    return None
+    return ()
 
 
 def depth_message(path: KeyPath | None) -> str:

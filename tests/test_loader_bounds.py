@@ -131,8 +131,8 @@ def test_a_file_over_the_size_bound_is_refused(tmp_path: Path) -> None:
     big.write_text(GOOD + "#" * MAX_FILE_BYTES)
     found = errors_of(load_path, big)
     assert [(e.file, e.line) for e in found] == [(str(big), None)]
-    assert "larger than 1 MiB" in found[0].message
-    assert "larger than 1 MiB" in errors_of(load_text, big.read_text())[0].message
+    assert "larger than 4 MiB" in found[0].message
+    assert "larger than 4 MiB" in errors_of(load_text, big.read_text())[0].message
     big.write_text(GOOD + "#" * (MAX_FILE_BYTES - len(GOOD) - 1) + "\n")  # exactly at the bound
     assert set(load_path(big).policies) == {"p"}
 
