@@ -143,3 +143,28 @@ def test_taplo_refuses_typical_mistakes(taplo: str, tmp_path: Path, text: str) -
 def test_the_schema_is_draft_07_as_editors_expect() -> None:
     schema = json.loads(SCHEMA.read_text())
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+
+
+def test_taplo_follows_the_files_own_schema_line_as_an_editor_does(
+    taplo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --schema: the `#:schema ../schema/policies.schema.json` line that the examples and
+    `policyengine init` write is what Even Better TOML reads."""
+    from policyengine._cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["schema"]) == 0 and main(["init"]) == 0
+    starter = tmp_path / "policies" / "policies.toml"
+    shutil.copy(ROOT / "policies" / "demo.toml", tmp_path / "policies" / "demo.toml")
+
+    def check(*files: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [taplo, "check", *map(str, files)], capture_output=True, text=True, timeout=60
+        )
+
+    result = check(starter, tmp_path / "policies" / "demo.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    starter.write_text(starter.read_text().replace("max_attempts = 3", 'max_attempts = "3"'))
+    result = check(starter)
+    assert result.returncode != 0
+    assert '"3" is not of type "integer"' in result.stdout + result.stderr
