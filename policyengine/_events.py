@@ -207,7 +207,14 @@ class Listeners:
         self.hot = True
 
     def remove(self, listener: Listener) -> None:
-        self._items = tuple(x for x in self._items if x is not listener)
+        """Remove `listener` (the first equal one: `obj.method` is a new bound method object at
+        each access, equal to, not identical with, the one that was added)."""
+        items = list(self._items)
+        for i, item in enumerate(items):
+            if item == listener:
+                del items[i]
+                break
+        self._items = tuple(items)
         self.hot = any(x is not log_listener for x in self._items)
 
     def hold(self) -> None:

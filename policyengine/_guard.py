@@ -71,6 +71,7 @@ class Guard:
         "budget",
         "bulkhead",
         "clock",
+        "clocked",
         "emit",
         "fallback",
         "ignores",
@@ -126,6 +127,8 @@ class Guard:
         # slow-call rules need durations; a call started without one is never slow, even if
         # a reload adds the rule while it runs (the breaker itself is reconfigured in place)
         self.timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
+        # an attempt's duration is needed by slow-call rules and by layers, else not measured
+        self.clocked = self.timed or bool(layers)
         # a bulkhead wait bounded by max_wait or the total deadline needs a timer
         self.bounded_wait = bulkhead is not None and (
             (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
@@ -257,7 +260,11 @@ class Guard:
                 permit = self._door(breaker)
         m = self.metrics
         loop = _get_loop()
-        m.start()
+        lock = m.lock  # m.start(), inlined: this is the hot path
+        lock.acquire()
+        m.calls += 1
+        m.inside += 1
+        lock.release()
         t0 = loop.time()
         deadline = None if self.total is None else t0 + self.total
         if self.budget is not None:
@@ -281,7 +288,8 @@ class Guard:
                         when = end
                 if when is not None:
                     attempt.timer = self.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                attempt.started = clock.now()
+                if self.clocked:
+                    attempt.started = clock.now()
                 awaited: object = NOT_CALLED
                 try:
                     if self.threaded:
@@ -294,11 +302,9 @@ class Guard:
                     step = self._failed(attempt, exc, awaited, fn, n, when == deadline, deadline)
                     if step is exc:
                         raise
-                    if type(step) is not float:
-                        raise step from None  # type: ignore[misc]
-                    await clock.sleep(step)
+                    await clock.sleep(step)  # type: ignore[arg-type]
                     continue
-                attempt.succeeded(clock.now())
+                attempt.succeeded()
                 outcome = 1
                 return result
         except BaseException as exc:
@@ -342,19 +348,21 @@ class Guard:
         deadline: float | None,
     ) -> BaseException | float:
         """Attempt `n` raised `exc`: settle it and decide. Returns the backoff sleep before
-        the next attempt, or the error to raise (`exc` itself: re-raise it as it is)."""
+        the next attempt, or `exc` itself to re-raise as it is; raises the error that ends the
+        call when it is not `exc` (our GuardTimeoutError, or the caller's mistake)."""
         if isinstance(exc, TypeError) and awaited is not NOT_CALLED:
             attempt.refuse_not_awaitable(awaited, fn)
         clock = self.clock
         error = attempt.failed(exc, total, n, clock.now())
-        if not isinstance(error, Exception):
-            return error
-        remaining = None if deadline is None else deadline - _get_loop().time()
-        decision = decide(self, error, n, attempt.previous, remaining)
-        if type(decision) is not Retry:
-            return error
-        attempt.previous = decision.wait
-        return decision.wait
+        if isinstance(error, Exception):
+            remaining = None if deadline is None else deadline - _get_loop().time()
+            decision = decide(self, error, n, attempt.previous, remaining)
+            if type(decision) is Retry:
+                attempt.previous = decision.wait
+                return decision.wait
+        if error is exc:
+            return exc
+        raise error from None
 
     async def _layer_wait(
         self,

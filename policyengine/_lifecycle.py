@@ -172,21 +172,25 @@ class Attempt:
 
     # -- giving back ----------------------------------------------------------------------------
 
-    def succeeded(self, now: float) -> None:
+    def succeeded(self) -> None:
         """The function returned: everything back, in order, and the success recorded."""
         timer = self.timer
         if timer is not None:
             timer.disarm()
+        guard = self.guard
         if self.slot:
             self.slot = False
-            self.guard.bulkhead.release()  # type: ignore[union-attr]
-        duration = now - self.started
-        if self.admitted:
-            self._settle("success", None, duration, now)
-        breaker = self.guard.breaker
+            guard.bulkhead.release()  # type: ignore[union-attr]
+        duration = 0.0
+        if guard.clocked:  # slow-call rules or layers need the duration
+            now = guard.clock.now()
+            duration = now - self.started
+            if self.admitted:
+                self._settle("success", None, duration, now)
+        breaker = guard.breaker
         if breaker is not None:
             # slow-call timing as the policy said when the call started (see `Guard.timed`)
-            breaker.on_success(self.permit, duration if self.guard.timed else 0.0)
+            breaker.on_success(self.permit, duration if guard.timed else 0.0)
 
     def failed(self, exc: BaseException, total: bool, n: int, now: float) -> BaseException:
         """The attempt raised `exc`: translate our own deadline into GuardTimeoutError,

@@ -73,7 +73,7 @@ def _leave(guard: Guard, attempt: Attempt, exc: BaseException | None, elapsed: f
         if exc is None:
             exc = GuardTimeoutError(guard.name, "attempt", limit)
     if exc is None:
-        attempt.succeeded(now)
+        attempt.succeeded()
         return 1
     attempt.failed(exc, False, 1, now)
     if guard.retry is not None and guard.max_attempts > 1 and guard.retry.should_retry(exc):

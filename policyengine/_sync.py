@@ -164,7 +164,8 @@ def _attempt(
         error = attempt.failed(exc, False, n, clock.now())
         if not isinstance(error, Exception):
             raise
-        _note_overrun(guard, a0, deadline)
+        if not isinstance(error, GuardTimeoutError):  # ours is counted already
+            _note_overrun(guard, a0, deadline)
         remaining = None if deadline is None else deadline - _monotonic()
         decision = decide(guard, error, n, attempt.previous, remaining)
         if type(decision) is not Retry:
@@ -175,7 +176,7 @@ def _attempt(
     if inspect.iscoroutine(result):
         _refuse_coroutine(guard, attempt, fn, result)
     _note_overrun(guard, a0, deadline)
-    attempt.succeeded(clock.now())
+    attempt.succeeded()
     return result
 
 
