@@ -27,7 +27,7 @@ from ._demo._view import Frame, PlainView, View, make_view
 if TYPE_CHECKING:
     from argparse import _SubParsersAction
 
-__all__ = ["RemoteSampler", "register", "run"]
+__all__ = ["RemoteSampler", "add_parser", "run"]
 
 
 class StatusUnavailable(Exception):
@@ -155,8 +155,8 @@ def _positive(text: str) -> float:
     return value
 
 
-def register(sub: _SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `top` to the command line's subcommands."""
+def add_parser(sub: _SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `top` to the command line's subcommands (listed in `_cli.COMMAND_MODULES`)."""
     p = sub.add_parser("top", help="live view of a running service's /status (states, rates)")
     p.add_argument(
         "url",
