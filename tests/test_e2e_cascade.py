@@ -15,6 +15,8 @@ pytest.importorskip("starlette", reason="starlette is not installed: pip install
 
 import cascade
 
+ATTEMPT_TIMEOUT = 0.5  # seconds: timeout.attempt of cascade.POLICIES
+
 
 def test_the_healthy_endpoint_keeps_its_throughput_and_the_hung_one_fails_fast() -> None:
     result = cascade.measure("policyengine", seconds=1.5)
