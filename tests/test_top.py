@@ -108,3 +108,25 @@ def test_no_tty_prints_plain_lines_until_the_duration_ends(
     assert out[0] == f"watching {url}/status every 0.25s; Ctrl-C to quit"
     rows = [line for line in out if "guard pool" in line]
     assert 1 <= len(rows) <= 3, out  # one row per guard per second of plain output
+
+
+def test_the_live_view_titles_itself_and_shows_no_story_phase(service: tuple[Engine, str]) -> None:
+    rich = pytest.importorskip("rich", reason="rich is not installed: pip install '.[demo]'")
+    import io
+
+    from policyengine._demo._live import LiveView
+    from policyengine._top import _frame
+
+    engine, url = service
+    asyncio.run(trip(engine))
+    sampler = RemoteSampler(url)
+    rows, notices = sampler.poll()
+    out = io.StringIO()
+    console = rich.console.Console(file=out, width=160, force_terminal=True, color_system=None)
+    view = LiveView(console=console)
+    view.show_intro("")
+    view.update(rows, notices, _frame(sampler, url))
+    view.close([])
+    text = out.getvalue()
+    assert f"policyengine top  {url}" in text and "phase" not in text
+    assert "api" in text and "open" in text and "state api: closed -> open" in text
