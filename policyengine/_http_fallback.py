@@ -85,5 +85,6 @@ def bound(handles: list[GuardHandle]) -> list[GuardHandle]:
 def report_unusable(handle: GuardHandle, problem: str, client: str) -> None:
     """A reload put such a policy in force: one ERROR line and a ``fallback_unusable`` event
     (the client cannot veto an engine-wide reload; requests keep flowing)."""
-    logger.error("%s: %s", client, problem, extra={"guard": handle.name})
-    handle.engine._emit(Event("fallback_unusable", handle.name, {"problem": problem}))
+    handle.engine._emit(
+        Event("fallback_unusable", handle.name, {"problem": f"{client}: {problem}"})
+    )
