@@ -21,7 +21,9 @@ from .exceptions import (
     PolicyEngineError,
     PolicyIssue,
     PolicyValidationError,
+    RateLimitedError,
     RejectedError,
+    ThrottledError,
     UnknownGuardError,
 )
 
@@ -37,7 +39,9 @@ __all__ = [
     "PolicyEngineError",
     "PolicyIssue",
     "PolicyValidationError",
+    "RateLimitedError",
     "RejectedError",
+    "ThrottledError",
     "UnknownGuardError",
     "default_engine",
     "guard",
