@@ -68,6 +68,15 @@ def retry_after_hint(exc: BaseException, wall_time: Callable[[], float]) -> floa
     return None if value is None else _seconds(value, wall_time)
 
 
+def _share(rate: Rate, divide: int) -> Rate:
+    """One of `divide` equal shares of `rate`, never above it (1/s in 4: one per 4 s each)."""
+    if divide <= 1:
+        return rate
+    if rate.count >= divide:
+        return Rate(rate.count // divide, rate.period)
+    return Rate(1, rate.period * divide / rate.count)
+
+
 class _Bucket:
     """One budget: the GCRA's theoretical arrival time, the last reservation, the pause, and for
     each windowed rate the times of its last N admissions (oldest first)."""
@@ -121,14 +130,14 @@ class RateLimiter:
 
     def _configure(self, options: RateLimitOptions, divide: int = 1) -> None:
         """`divide`: this process's share of a fleet budget (each count divided, at least 1)."""
-        rates = [Rate(max(1, r.count // divide), r.period) for r in options.rates]
+        rates = [_share(r, divide) for r in options.rates]
         self.options = options
         self.max_wait = options.max_wait
         self._pause_on_429 = options.pause_on_429
         first = rates[0]
         self._interval = first.interval
-        self._tau = min(options.burst, first.count) * first.interval
-        logged = rates if options.burst > 0 else rates[1:]
+        self._tau = min(options.burst // divide, first.count) * first.interval
+        logged = rates if options.burst > 0 else rates[1:]  # as in `_positions`
         self._log_rates: tuple[Rate, ...] = tuple(logged)
         self._longest = max(r.period for r in rates)
 
