@@ -7,6 +7,7 @@ whole format. Rates are parsed once here ("50/s" -> `Rate(50, 1.0)`), so the run
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 
 from ._matcher_models import FieldError, FrozenModel
-from ._units import Duration, Ratio, format_duration, format_number
+from ._units import Duration, Ratio, format_duration
 
 __all__ = ["MAX_WINDOW_COUNT", "Rate", "RateLimitOptions", "ThrottleOptions", "parse_rate"]
 
@@ -116,11 +117,16 @@ class RateLimitOptions(FrozenModel):
     def _bounded(self) -> RateLimitOptions:
         for i, rate in enumerate(self.rates):
             if (i > 0 or self.burst > 0) and rate.count > MAX_WINDOW_COUNT:
+                per_second = rate.count / rate.period
+                fix = (
+                    f'write it over a shorter period, such as "{math.ceil(per_second)}/s"'
+                    if rate.period > 1.0 and per_second <= MAX_WINDOW_COUNT
+                    else "make it the first rate, with burst = 0 (a steady flow keeps no log)"
+                )
                 raise FieldError(
                     "rates",
                     f"rate {rate} counts more than {MAX_WINDOW_COUNT:,} attempts per period "
-                    "(each is remembered to hold the rate over every window): write it over a "
-                    f'shorter period, such as "{format_number(rate.count / rate.period)}/s"',
+                    f"(each is remembered, to hold the rate over every window): {fix}",
                 )
         if self.burst > MAX_WINDOW_COUNT:
             raise FieldError("burst", f"burst must not exceed {MAX_WINDOW_COUNT:,}")

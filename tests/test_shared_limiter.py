@@ -113,7 +113,8 @@ def test_two_stores_in_one_process_hold_the_rate_together(server: RedisServer) -
                     starts.append(now + lim.admit(now))
                 except RateLimitedError:
                     pass
-        assert 380 <= len(starts) <= 420, len(starts)
+            time.sleep(0.0002)  # a caller that does something else too (the lease thread runs)
+        assert 380 <= len(starts) <= 420, (len(starts), a.status(), b.status(), a.store.status())
     finally:
         a.store.close()
         b.store.close()
