@@ -176,3 +176,39 @@ def test_a_store_down_from_the_start_gives_the_local_share_at_once() -> None:
             lim.admit(now)
     finally:
         store.close()
+
+
+def test_a_shared_rate_limit_through_the_engine(server: RedisServer) -> None:
+    import policyengine
+    from policyengine._shared._limiter import SharedRateLimiter as Shared
+
+    text = f"""
+[state]
+backend = "redis"
+url = "{server.url}"
+prefix = "{prefix()}"
+timeout = "50ms"
+
+[policies.svc.rate_limit]
+rates = ["50/s"]
+scope = "shared"
+"""
+    engine = policyengine.loads(text, default=False)
+    try:
+        layer = engine.guards["svc"].layers[0]
+        assert isinstance(layer, Shared)
+        g = engine.guard("svc")
+        admitted = 0
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + 1.0:
+            try:
+                g.call_sync(lambda: None)
+                admitted += 1
+            except RateLimitedError:
+                pass
+            time.sleep(0.0005)
+        assert 40 <= admitted <= 60, admitted
+        assert layer.status()["admitted"]["leased"] > 0
+    finally:
+        engine.close()
+    wait_until(lambda: not layer.store._thread.is_alive(), "the store stops with the engine")

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._limiter_script import LIMITER_LUA, LIMITER_SHA, procs_key
@@ -37,13 +38,23 @@ RECOVER_EVERY = 0.25
 class LimiterStore:
     """The Redis connection and lease thread behind an engine's shared rate limits."""
 
-    def __init__(self, url: str, prefix: str = "policyengine", timeout: float = 0.05) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "policyengine",
+        timeout: float = 0.05,
+        *,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
+        """`alive`: polled by the thread; once it says False the store closes itself (the
+        engine's state backend it belongs to was closed)."""
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self.prefix = prefix
         self.timeout = timeout
+        self._alive = alive
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._noscript = redis.exceptions.NoScriptError
         self._client = redis.Redis.from_url(
@@ -79,7 +90,9 @@ class LimiterStore:
         self._wake.set()
 
     def close(self) -> None:
+        """Stop the thread; every limiter on this store falls back to its per-process share."""
         self._closing = True
+        self.degraded = True
         self.wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(self.timeout * 4 + 1.0)
@@ -98,6 +111,9 @@ class LimiterStore:
             self._wake.wait(FETCH_EVERY)
             self._wake.clear()
             now = time.monotonic()
+            if self._alive is not None and not self._alive():
+                self._closing = self.degraded = True
+                break
             if self.degraded:
                 if now >= retry_at:
                     retry_at = now + RECOVER_EVERY
@@ -116,6 +132,7 @@ class LimiterStore:
             except self._errors as exc:
                 self._fail(exc)
                 retry_at = time.monotonic() + RECOVER_EVERY
+        self._client.close()
 
     def _fail(self, exc: BaseException) -> None:
         self.errors += 1
