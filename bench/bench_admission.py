@@ -122,7 +122,7 @@ def cost(rounds: int, n: int) -> dict[str, float]:
         "[policies.bulk.bulkhead]\nmax_concurrent = 100\nmax_queue = 100000\n"
         '[policies.plain]\nmode = "enforce"\n'
         '[policies.limited.rate_limit]\nrates = ["1000000/s"]\n'
-        '[policies.throttled.throttle]\nk = 2.0\n',
+        "[policies.throttled.throttle]\nk = 2.0\n",
         default=False,
     )
     bulk, plain = engine.guard("bulk"), engine.guard("plain")
