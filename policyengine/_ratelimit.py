@@ -152,16 +152,27 @@ class RateLimiter:
         that is not strictly shorter is refused at once, since it could only end in a timeout."""
         with self._lock:
             bucket = self._one if key is None else self._bucket(key, now)
-            start = self._earliest(bucket, now)
+            start = bucket.tat - self._tau  # inlined `_earliest`: this is the hot path
+            if start < now:
+                start = now
+            if bucket.paused > start:
+                start = bucket.paused
+            logs = bucket.logs
+            if logs:
+                start = self._logged(bucket, start)
             wait = start - now
-            if wait > _EPS and (wait > self.max_wait or (limit is not None and wait >= limit)):
-                raise RateLimitedError(self.name, wait)
+            if wait > _EPS:
+                if wait > self.max_wait or (limit is not None and wait >= limit):
+                    raise RateLimitedError(self.name, wait)
+            else:
+                wait = 0.0
             tat = bucket.tat
             bucket.tat = (start if start > tat else tat) + self._interval
-            bucket.last = start
-            for log in bucket.logs:
-                log.append(start)
-        return wait if wait > _EPS else 0.0
+            if logs:
+                bucket.last = start
+                for log in logs:
+                    log.append(start)
+        return wait
 
     def settle(
         self,
@@ -251,10 +262,16 @@ class RateLimiter:
         start = bucket.tat - self._tau
         if start < now:
             start = now
-        if bucket.last > start:
-            start = bucket.last
         if bucket.paused > start:
             start = bucket.paused
+        return self._logged(bucket, start) if bucket.logs else start
+
+    def _logged(self, bucket: _Bucket, start: float) -> float:
+        """`start`, moved behind the last reservation (FIFO, which keeps each log sorted) and
+        until each windowed rate has room. Without logs there is no burst (a log comes with
+        it), so the steady flow alone already orders the starts."""
+        if bucket.last > start:
+            start = bucket.last
         for log, rate in zip(bucket.logs, self._log_rates, strict=True):
             if len(log) == rate.count:
                 free = log[0] + rate.period  # the N-th latest leaves the window

@@ -68,6 +68,7 @@ class Throttle:
         "_max",
         "_req",
         "_rng",
+        "_slot_end",
         "_total_acc",
         "_total_req",
         "_width",
@@ -92,6 +93,7 @@ class Throttle:
         self._total_req = 0
         self._total_acc = 0
         self._cur = 0
+        self._slot_end = float("-inf")  # engine time the current slot ends
         self._active = False
         self._configure(options)
 
@@ -111,23 +113,27 @@ class Throttle:
                 self._total_req = self._total_acc = 0
                 self._cur = int(now // (options.window / BUCKETS))
             self._configure(options)
+            self._slot_end = (self._cur + 1) * self._width
 
     def admit(self, now: float, limit: float | None = None, key: str | None = None) -> float:
-        """0.0, or raise `ThrottledError` with probability `p` (`limit`, `key`: unused)."""
-        with self._lock:
-            if int(now // self._width) != self._cur:
+        """0.0, or raise `ThrottledError` with probability `p` (`limit`, `key`: unused).
+
+        The two totals are read without the lock: a settle racing with this read can only
+        shift p by one attempt's worth, and the hot path stays a few float operations."""
+        if now >= self._slot_end:
+            with self._lock:
                 self._advance(now)
-            excess = self._total_req - self._k * self._total_acc
-            p = 0.0 if excess <= 0.0 else excess / (self._total_req + 1)
-            if p > self._max:
-                p = self._max
-            changed = (p > 0.0) != self._active
-            if changed:
-                self._active = not self._active
-                counts = (self._total_req, self._total_acc)
-        if changed:
-            self._transition(p, counts)
-        if p > 0.0 and self._rng() < p:
+        excess = self._total_req - self._k * self._total_acc
+        if excess <= 0.0:
+            if self._active:
+                self._flip(0.0)
+            return 0.0
+        p = excess / (self._total_req + 1)
+        if p > self._max:
+            p = self._max
+        if not self._active:
+            self._flip(p)
+        if self._rng() < p:
             raise ThrottledError(self.name, p)
         return 0.0
 
@@ -139,11 +145,14 @@ class Throttle:
         now: float,
         key: str | None = None,
     ) -> None:
-        if outcome not in _COUNTED:
+        if outcome == "success":
+            ok = True
+        elif outcome in _COUNTED:
+            ok = accepted(outcome, error)
+        else:
             return
-        ok = accepted(outcome, error)
         with self._lock:
-            if int(now // self._width) != self._cur:
+            if now >= self._slot_end:
                 self._advance(now)
             slot = self._cur % BUCKETS
             self._req[slot] += 1
@@ -155,8 +164,7 @@ class Throttle:
     def probability(self, now: float) -> float:
         """The rejection probability an attempt would meet now."""
         with self._lock:
-            if int(now // self._width) != self._cur:
-                self._advance(now)
+            self._advance(now)
             excess = self._total_req - self._k * self._total_acc
             if excess <= 0.0:
                 return 0.0
@@ -165,8 +173,7 @@ class Throttle:
     def counts(self, now: float) -> tuple[int, int]:
         """(requests, accepts) in the window now."""
         with self._lock:
-            if int(now // self._width) != self._cur:
-                self._advance(now)
+            self._advance(now)
             return self._total_req, self._total_acc
 
     def _advance(self, now: float) -> None:
@@ -174,7 +181,8 @@ class Throttle:
         index = int(now // self._width)
         steps = index - self._cur
         if steps <= 0:
-            return  # a clock read from before the last one (another thread): same slot
+            return  # the same slot (or a clock read from before the last one)
+        self._slot_end = (index + 1) * self._width
         if steps >= BUCKETS:
             for i in range(BUCKETS):
                 self._req[i] = self._acc[i] = 0
@@ -187,10 +195,17 @@ class Throttle:
                 self._req[slot] = self._acc[slot] = 0
         self._cur = index
 
-    def _transition(self, p: float, counts: tuple[int, int]) -> None:
-        """Throttling started (p > 0) or stopped: an event, if anybody listens."""
+    def _flip(self, p: float) -> None:
+        """Throttling started (p > 0) or stopped: an event, if anybody listens (once per
+        change, whichever thread saw it first)."""
+        with self._lock:
+            active = p > 0.0
+            if self._active == active:
+                return
+            self._active = active
+            counts = (self._total_req, self._total_acc)
         if self._emit is not None:
-            name = "throttling" if p > 0.0 else "throttling_stopped"
+            name = "throttling" if active else "throttling_stopped"
             data = {"requests": counts[0], "accepts": counts[1], "probability": round(p, 4)}
             self._emit(Event(name, self.name, data))
 
