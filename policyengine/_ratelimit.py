@@ -28,13 +28,16 @@ Semantics, exactly (times on the engine's clock; a window is half-open, ``[s, s 
   its burst has used 70% of the new one, queued reservations stay, and each rate's log of recent
   admissions carries over, so a rate also holds across the reload.
 
-Cost: one short lock; without keys, burst or further rates, a few float operations.
+Cost: one short lock; without keys, burst or further rates, a few float operations. After
+`os.fork()` the child gets new locks (an at-fork hook); its budget starts as the parent's was.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -94,6 +97,7 @@ class RateLimiter:
     """The per-process rate limit of one guard: an `AttemptLayer` (see the module docstring)."""
 
     __slots__ = (
+        "__weakref__",
         "_buckets",
         "_emit",
         "_interval",
@@ -127,6 +131,7 @@ class RateLimiter:
         self._prune_at = _PRUNE_AT
         self._configure(options, divide)
         self._one = _Bucket(self._new_logs())
+        _live.add(self)
 
     def _configure(self, options: RateLimitOptions, divide: int = 1) -> None:
         """`divide`: this process's share of a fleet budget (each count divided, at least 1)."""
@@ -306,3 +311,15 @@ class RateLimiter:
     def __repr__(self) -> str:
         rates = ", ".join(str(r) for r in self.options.rates)
         return f"RateLimiter({self.name!r}, [{rates}], burst={self.options.burst})"
+
+
+_live: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child: a lock another thread of the parent held would stay locked forever."""
+    for limiter in list(_live):
+        limiter._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -27,8 +27,10 @@ counts span between 19/20 of the window and all of it. Every operation is O(1) (
 
 from __future__ import annotations
 
+import os
 import random
 import threading
+import weakref
 from collections.abc import Callable
 
 from ._admission_models import ThrottleOptions
@@ -59,6 +61,7 @@ class Throttle:
     """One guard's adaptive throttle: an `AttemptLayer` (see the module docstring)."""
 
     __slots__ = (
+        "__weakref__",
         "_acc",
         "_active",
         "_cur",
@@ -96,6 +99,7 @@ class Throttle:
         self._slot_end = float("-inf")  # engine time the current slot ends
         self._active = False
         self._configure(options)
+        _live.add(self)
 
     def _configure(self, options: ThrottleOptions) -> None:
         self.options = options
@@ -212,3 +216,15 @@ class Throttle:
     def __repr__(self) -> str:
         o = self.options
         return f"Throttle({self.name!r}, k={o.k}, window={o.window}s, max_reject={o.max_reject})"
+
+
+_live: weakref.WeakSet[Throttle] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child: a lock another thread of the parent held would stay locked forever."""
+    for throttle in list(_live):
+        throttle._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)

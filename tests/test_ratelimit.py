@@ -8,6 +8,7 @@ start), with a 1 ns allowance for float rounding of the summed intervals.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import threading
 import time
@@ -344,3 +345,25 @@ def test_each_key_has_a_budget_of_its_own_and_idle_keys_are_forgotten() -> None:
     assert lim.keys() < 2100  # keys idle for a whole period were dropped
     with pytest.raises(RateLimitedError):
         lim.admit(T0 + 10 + 2999, key="k2999")  # a busy key is kept
+
+
+# -- fork ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_is_not_stuck_on_a_lock_held_at_the_fork() -> None:
+    from forking import run_in_child
+
+    from policyengine._admission_models import ThrottleOptions
+    from policyengine._throttle import Throttle
+
+    lim = limiter(rates=["10/s"])
+    thr = Throttle("svc", ThrottleOptions())
+
+    def child() -> dict[str, Any]:
+        thr.settle("success", None, 0.0, T0)
+        return {"wait": lim.admit(T0), "throttle": thr.admit(T0)}
+
+    with lim._lock, thr._lock:  # as if another thread was inside at the fork
+        report = run_in_child(child, timeout=10)
+    assert report == {"wait": 0.0, "throttle": 0.0}

@@ -212,3 +212,28 @@ scope = "shared"
     finally:
         engine.close()
     wait_until(lambda: not layer.store._thread.is_alive(), "the store stops with the engine")
+
+
+def test_a_forked_child_leases_slots_of_its_own(server: RedisServer) -> None:
+    from forking import run_in_child
+
+    lim = _limiter(server, prefix(), rates=["200/s"])
+    try:
+        wait_until(lambda: lim.live == 1, "registered")
+        lim.admit(time.monotonic())  # the lease thread knows the demand
+
+        def child() -> dict[str, Any]:
+            wait_until(lambda: lim.live == 2, "the child registered on its own", 10)
+            t0 = time.monotonic()
+            while time.monotonic() < t0 + 0.5:
+                try:
+                    lim.admit(time.monotonic())
+                except RateLimitedError:
+                    pass
+                time.sleep(0.0005)
+            return dict(lim.status()["admitted"])
+
+        report = run_in_child(child, timeout=20)
+        assert report["leased"] > 0
+    finally:
+        lim.store.close()

@@ -181,6 +181,11 @@ class SharedRateLimiter:
 
     # -- the store's side (its thread) ---------------------------------------------------------
 
+    def after_fork(self) -> None:
+        """(In a forked child.) New lock; the leased slots are the parent's to use."""
+        self._lock = threading.Lock()
+        self._leases = {}
+
     def set_live(self, count: int) -> None:
         if self._processes is not None or count < 1 or count == self.live:
             return

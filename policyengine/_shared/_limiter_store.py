@@ -7,6 +7,7 @@ nothing touches the network on a caller's thread or on an event loop. Every `FET
 - Live processes: every process renews its entry in each policy's registry every `LIVE_EVERY`
   seconds; entries older than `LIVE_TTL` seconds are dropped. The count divides each limiter's
   per-process share.
+- After `os.fork()` the child gets a thread, locks and a live-registry entry of its own.
 - Store unreachable (a command fails or outlasts the timeout; redis-py's retries are off, so a
   script is never re-run): the store is marked degraded and every limiter falls back to its
   per-process share at once; a PING every `RECOVER_EVERY` seconds looks for the store, and once
@@ -15,6 +16,7 @@ nothing touches the network on a caller's thread or on an event loop. Every `FET
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -75,9 +77,25 @@ class LimiterStore:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
-        self._thread = threading.Thread(
-            target=self._run, name="policyengine-ratelimit", daemon=True
-        )
+        self._thread = self._new_thread()
+        _live.add(self)
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name="policyengine-ratelimit", daemon=True)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a thread, locks and a registry entry of its own (redis-py's pool
+        drops the parent's connections itself on the first command in a new process); each
+        limiter forgets the slots it had leased (the parent uses them)."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self.member = uuid.uuid4().hex
+        started = self._thread.ident is not None
+        self._thread = self._new_thread()
+        for limiter in list(self._limiters):
+            limiter.after_fork()
+        if started and not self._closing:
+            self._thread.start()
 
     def register(self, limiter: SharedRateLimiter) -> None:
         with self._lock:
@@ -149,3 +167,14 @@ class LimiterStore:
 
     def status(self) -> dict[str, Any]:
         return {"degraded": self.degraded, "errors": self.errors, "last_error": self.last_error}
+
+
+_live: weakref.WeakSet[LimiterStore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for store in list(_live):
+        store._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
