@@ -47,10 +47,10 @@ def test_every_key_of_a_budget_is_in_one_cluster_hash_slot() -> None:
     from redis.crc import key_slot
 
     for key in (None, "api-1.example.com"):
-        keys = budget_keys("pe", "search", key, 3)
+        keys = budget_keys("pe", "search", key, ["50/s", "3000/min", "9/h"])
         assert len({key_slot(k.encode()) for k in keys}) == 1, keys
     assert key_slot(procs_key("pe", "search").encode()) == key_slot(
-        budget_keys("pe", "search", None, 0)[0].encode()
+        budget_keys("pe", "search", None, [])[0].encode()
     )
 
 

@@ -242,8 +242,9 @@ class SharedRateLimiter:
                 lease.full_until = local + (beyond - server_now) / 1e6 - AHEAD
 
     def _keys(self, key: str | None) -> list[str]:
-        logs = len(self.options.rates) - (0 if self.options.burst > 0 else 1)
-        return budget_keys(self.store.prefix, self.name, key, logs)
+        o = self.options
+        logged = o.rates if o.burst > 0 else o.rates[1:]
+        return budget_keys(self.store.prefix, self.name, key, [str(r) for r in logged])
 
     def _args(self, op: str, n: int, horizon: int) -> list[Any]:
         o = self.options

@@ -11,7 +11,7 @@ granted because it lay beyond the horizon (-1: every slot asked for was granted)
 
 Keys: every key of one budget shares the hash tag ``{prefix:rl:policy[:key]}``, so a Redis
 Cluster keeps them in one slot (no CROSSSLOT error): ``...}:s`` (hash: tat, last, pause),
-``...}:l0``, ``...}:l1``... (one list per windowed rate) and ``...}:procs`` (a sorted set of the
+``...}:l:50/1s``... (one list per windowed rate) and ``...}:procs`` (a sorted set of the
 live processes: member, last seen in ms). Times are microseconds of the server's clock.
 """
 
@@ -96,10 +96,12 @@ def _tag(prefix: str, policy: str, key: str | None) -> str:
     return base if key is None else f"{base}:{quote(key, safe='')}"
 
 
-def budget_keys(prefix: str, policy: str, key: str | None, logs: int) -> list[str]:
-    """The state hash and the `logs` lists of one budget, all in one hash slot."""
+def budget_keys(prefix: str, policy: str, key: str | None, logs: list[str]) -> list[str]:
+    """The state hash and the lists of one budget, all in one hash slot. `logs` names each
+    windowed rate (``"3000/1m"``): a reload that changes a rate starts its log afresh instead of
+    reading another rate's."""
     tag = "{" + _tag(prefix, policy, key) + "}"
-    return [f"{tag}:s", *(f"{tag}:l{i}" for i in range(logs))]
+    return [f"{tag}:s", *(f"{tag}:l:{name}" for name in logs)]
 
 
 def procs_key(prefix: str, policy: str) -> str:

@@ -16,6 +16,7 @@ nothing touches the network on a caller's thread or on an event loop. Every `FET
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from ._limiter import SharedRateLimiter
 
 __all__ = ["LimiterStore"]
+
+logger = logging.getLogger("policyengine")
 
 FETCH_EVERY = 0.005  # the lease loop's period
 LIVE_EVERY = 1.0
@@ -147,7 +150,7 @@ class LimiterStore:
                         limiter.set_live(int(self.call([key], args)))
                 for limiter in limiters:
                     limiter.sync(self)
-            except self._errors as exc:
+            except Exception as exc:  # the store's errors, or a reply we cannot read
                 self._fail(exc)
                 retry_at = time.monotonic() + RECOVER_EVERY
         self._client.close()
@@ -155,7 +158,13 @@ class LimiterStore:
     def _fail(self, exc: BaseException) -> None:
         self.errors += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
-        self.degraded = True
+        if not self.degraded:
+            self.degraded = True
+            logger.warning(
+                "policyengine: rate-limit store unreachable (%s); shared rate limits fall back "
+                "to each process's share",
+                self.last_error,
+            )
 
     def _recover(self) -> None:
         try:
@@ -164,6 +173,7 @@ class LimiterStore:
             self._fail(exc)
             return
         self.degraded = False
+        logger.warning("policyengine: rate-limit store is back; shared rate limits lease again")
 
     def status(self) -> dict[str, Any]:
         return {"degraded": self.degraded, "errors": self.errors, "last_error": self.last_error}
