@@ -96,7 +96,9 @@ def test_with_the_store_stopped_each_process_falls_back_to_its_share(
 
 
 def _limiter(server: RedisServer, name_prefix: str, **options: Any) -> SharedRateLimiter:
-    store = LimiterStore(server.url, name_prefix, 0.05)
+    # a generous timeout: on a loaded machine a 50 ms one degrades now and then, and these
+    # tests are about the shared path (the degraded one has tests of its own)
+    store = LimiterStore(server.url, name_prefix, 0.5)
     return SharedRateLimiter("svc", RateLimitOptions(**options), store, MonotonicClock())
 
 
@@ -140,8 +142,8 @@ def test_a_429_in_one_process_pauses_the_other(server: RedisServer) -> None:
                 pass
         # b used what it had leased before the pause reached the store (at most 0.1 s ahead)
         late = [s for s in admitted if 0.2 <= s < 0.9]
-        assert late == [], late[:5]
-        assert any(s >= 0.95 for s in admitted)
+        assert late == [], (late[:5], b.status(), b.store.status())
+        assert any(s >= 0.95 for s in admitted), (admitted[-5:], b.status())
     finally:
         a.store.close()
         b.store.close()
