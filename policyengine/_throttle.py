@@ -65,15 +65,17 @@ class Throttle:
         "_acc",
         "_active",
         "_cur",
+        "_cur_acc",
+        "_cur_req",
         "_emit",
         "_k",
         "_lock",
         "_max",
+        "_old_acc",
+        "_old_req",
         "_req",
         "_rng",
         "_slot_end",
-        "_total_acc",
-        "_total_req",
         "_width",
         "name",
         "options",
@@ -91,10 +93,11 @@ class Throttle:
         self._rng = rng if rng is not None else random.random
         self._emit = emit
         self._lock = threading.Lock()
+        # closed slots: a ring of counts and their sums; the current slot: two counters
         self._req = [0] * BUCKETS
         self._acc = [0] * BUCKETS
-        self._total_req = 0
-        self._total_acc = 0
+        self._old_req = self._old_acc = 0
+        self._cur_req = self._cur_acc = 0
         self._cur = 0
         self._slot_end = float("-inf")  # engine time the current slot ends
         self._active = False
@@ -114,7 +117,7 @@ class Throttle:
             if options.window != self.options.window:
                 self._req = [0] * BUCKETS
                 self._acc = [0] * BUCKETS
-                self._total_req = self._total_acc = 0
+                self._old_req = self._old_acc = self._cur_req = self._cur_acc = 0
                 self._cur = int(now // (options.window / BUCKETS))
             self._configure(options)
             self._slot_end = (self._cur + 1) * self._width
@@ -127,12 +130,13 @@ class Throttle:
         if now >= self._slot_end:
             with self._lock:
                 self._advance(now)
-        excess = self._total_req - self._k * self._total_acc
+        requests = self._old_req + self._cur_req
+        excess = requests - self._k * (self._old_acc + self._cur_acc)
         if excess <= 0.0:
             if self._active:
                 self._flip(0.0)
             return 0.0
-        p = excess / (self._total_req + 1)
+        p = excess / (requests + 1)
         if p > self._max:
             p = self._max
         if not self._active:
@@ -158,27 +162,25 @@ class Throttle:
         with self._lock:
             if now >= self._slot_end:
                 self._advance(now)
-            slot = self._cur % BUCKETS
-            self._req[slot] += 1
-            self._total_req += 1
+            self._cur_req += 1
             if ok:
-                self._acc[slot] += 1
-                self._total_acc += 1
+                self._cur_acc += 1
 
     def probability(self, now: float) -> float:
         """The rejection probability an attempt would meet now."""
         with self._lock:
             self._advance(now)
-            excess = self._total_req - self._k * self._total_acc
-            if excess <= 0.0:
-                return 0.0
-            return min(self._max, excess / (self._total_req + 1))
+            requests, accepts = self._old_req + self._cur_req, self._old_acc + self._cur_acc
+        excess = requests - self._k * accepts
+        if excess <= 0.0:
+            return 0.0
+        return min(self._max, excess / (requests + 1))
 
     def counts(self, now: float) -> tuple[int, int]:
         """(requests, accepts) in the window now."""
         with self._lock:
             self._advance(now)
-            return self._total_req, self._total_acc
+            return self._old_req + self._cur_req, self._old_acc + self._cur_acc
 
     def _advance(self, now: float) -> None:
         """(Lock held.) Empty the slots that left the window since the last call."""
@@ -190,13 +192,19 @@ class Throttle:
         if steps >= BUCKETS:
             for i in range(BUCKETS):
                 self._req[i] = self._acc[i] = 0
-            self._total_req = self._total_acc = 0
+            self._old_req = self._old_acc = 0
         else:
+            closing = self._cur % BUCKETS  # the current slot joins the closed ones
+            self._req[closing] = self._cur_req
+            self._acc[closing] = self._cur_acc
+            self._old_req += self._cur_req
+            self._old_acc += self._cur_acc
             for i in range(self._cur + 1, index + 1):
-                slot = i % BUCKETS
-                self._total_req -= self._req[slot]
-                self._total_acc -= self._acc[slot]
+                slot = i % BUCKETS  # holds slot i - BUCKETS, which leaves the window now
+                self._old_req -= self._req[slot]
+                self._old_acc -= self._acc[slot]
                 self._req[slot] = self._acc[slot] = 0
+        self._cur_req = self._cur_acc = 0
         self._cur = index
 
     def _flip(self, p: float) -> None:
@@ -207,7 +215,7 @@ class Throttle:
             if self._active == active:
                 return
             self._active = active
-            counts = (self._total_req, self._total_acc)
+            counts = (self._old_req + self._cur_req, self._old_acc + self._cur_acc)
         if self._emit is not None:
             name = "throttling" if active else "throttling_stopped"
             data = {"requests": counts[0], "accepts": counts[1], "probability": round(p, 4)}

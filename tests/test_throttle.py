@@ -141,3 +141,20 @@ def test_events_say_when_throttling_starts_and_stops() -> None:
     thr.admit(T0)
     assert [e.name for e in events] == ["throttling", "throttling_stopped"]
     assert events[0].data["probability"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_window_counts_match_a_brute_force_model(seed: int) -> None:
+    # the model: an attempt settled at t counts at `now` while its slot is one of the last 20
+    rng = random.Random(seed)
+    thr = throttle(window="20s")  # 1 s slots
+    events: list[tuple[int, bool]] = []
+    now = T0
+    for _ in range(3000):
+        now += rng.choice([0.0, 0.01, 0.3, 1.0, 2.5, 7.0, 25.0]) * rng.random()
+        ok = rng.random() < 0.4
+        thr.settle("success" if ok else "failure", None if ok else Status(503), 0, now)
+        events.append((int(now // 1.0), ok))
+        current = int(now // 1.0)
+        live = [o for slot, o in events if current - 20 < slot <= current]
+        assert thr.counts(now) == (len(live), sum(live))
