@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 import policyengine
-from policyengine import Engine, GuardTimeoutError, RateLimitedError, ThrottledError
+from policyengine import Engine, RateLimitedError, ThrottledError
 from policyengine._ratelimit import RateLimiter
 from policyengine._throttle import Throttle
 from policyengine.testing import FakeClock
@@ -78,9 +79,31 @@ async def test_a_wait_past_the_total_deadline_is_refused_at_once(
     )
     g = engine.guard("svc")
     await g.call(ok)
-    with pytest.raises((GuardTimeoutError, RateLimitedError)):
-        await g.call(ok)
+    with pytest.raises(RateLimitedError):
+        await g.call(ok)  # refused at admission: the wait cannot fit in the deadline
+    with pytest.raises(RateLimitedError):
+        g.call_sync(lambda: None)
     assert clock.sleeps == []  # it did not sleep into a certain timeout
+    clock.advance(1.0)
+    assert await g.call(ok) == "ok"  # the refused calls took no token
+    assert clock.sleeps == []
+
+
+async def test_async_with_waits_for_its_token(
+    make_engine: Callable[[str], Engine], clock: FakeClock
+) -> None:
+    """A block is one attempt: it waits its turn like a call (it started early before)."""
+    engine = make_engine('[policies.svc.rate_limit]\nrates = ["10/s"]\nmax_wait = "1s"\n')
+    g = engine.guard("svc")
+    started = []
+    for _ in range(3):
+        async with g:
+            started.append(clock.now())
+    assert clock.sleeps == pytest.approx([0.1, 0.1])
+    assert [b - a for a, b in itertools.pairwise(started)] == pytest.approx([0.1, 0.1])
+    with g:
+        pass
+    assert clock.sleeps[-1] == pytest.approx(0.1)
 
 
 async def test_every_attempt_takes_a_token_and_a_refused_retry_ends_the_call(
