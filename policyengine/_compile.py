@@ -115,10 +115,10 @@ def _compile_one(
         if prev_b is not None and prev_b.kind == opts.kind:
             bulkhead = prev_b
             commits.append(
-                functools.partial(prev_b.resize, opts.max_concurrent, opts.max_queue, opts.max_wait)
+                functools.partial(prev_b.resize, opts.limit, opts.max_queue, opts.max_wait)
             )
         else:
-            bulkhead = Bulkhead(name, opts.max_concurrent, opts.max_queue, opts.max_wait, opts.kind)
+            bulkhead = Bulkhead(name, opts.limit, opts.max_queue, opts.max_wait, opts.kind)
     retry = budget = None
     if policy.retry is not None:
         retry = RetryStrategy(policy.retry, clock)
