@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ._adaptive_models import adaptive_defaults, check_bulkhead
+from ._adaptive_models import check_bulkhead, require_limit
 from ._hedge_models import HedgeOptions
 from ._imports import resolve_handler
 from ._matcher_models import (
@@ -222,7 +222,11 @@ class BulkheadOptions(FrozenModel):
         "the limit follow latency.",
     )
     max_concurrent: int | None = Field(
-        default=None, ge=1, strict=True, description="Calls running at once (fixed kinds)."
+        default=None,
+        ge=1,
+        strict=True,
+        validate_default=True,
+        description="Calls running at once (required unless adaptive).",
     )
     max_queue: int = Field(
         default=0, ge=0, strict=True, description="Callers allowed to wait for a slot."
@@ -243,10 +247,10 @@ class BulkheadOptions(FrozenModel):
         default=None, ge=1, strict=True, description="Adaptive: the highest limit (200)."
     )
 
-    @model_validator(mode="before")
+    @field_validator("max_concurrent")
     @classmethod
-    def _adaptive_defaults(cls, data: Any) -> Any:
-        return adaptive_defaults(data)
+    def _required_unless_adaptive(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return require_limit(value, info.data.get("kind"))
 
     @model_validator(mode="after")
     def _consistent(self) -> BulkheadOptions:
