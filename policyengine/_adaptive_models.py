@@ -9,7 +9,7 @@ written, not a default).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic_core import PydanticCustomError
 
