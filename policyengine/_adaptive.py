@@ -261,7 +261,11 @@ class AdaptiveLimit:
         self._next = 0.0
         self._changed = float("-inf")
         self._reset()
-        bulkhead.set_limit(int(algorithm.limit))
+
+    def start(self) -> None:
+        """Put the algorithm's limit (`initial_limit` when new) on the bulkhead."""
+        with self._lock:
+            self.bulkhead.set_limit(int(self.algorithm.limit))
 
     def _reset(self) -> None:
         self._sum = 0.0
@@ -300,11 +304,14 @@ class AdaptiveLimit:
     def limit(self) -> int:
         return self.bulkhead.max_concurrent
 
-    def retune(self, options: BulkheadOptions) -> None:
-        """A reload with the same algorithm: keep the learned limit, clamped to the new bounds."""
+    def retune(self, options: BulkheadOptions, timeout: float | None = None) -> None:
+        """A reload with the same algorithm: keep the learned limit, clamped to the new bounds
+        (`timeout`: the policy's attempt timeout, AIMD's drop threshold)."""
         assert options.min_limit is not None and options.max_limit is not None
         with self._lock:
             self.algorithm.retune(options.min_limit, options.max_limit)
+            if isinstance(self.algorithm, AIMD):
+                self.algorithm.timeout = timeout if timeout is not None else AIMD.DEFAULT_TIMEOUT
             limit = int(self.algorithm.limit)
         self.bulkhead.resize(limit, options.max_queue, options.max_wait)
 

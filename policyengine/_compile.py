@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
+from ._compile_layers import compile_adaptive, compile_hedge
 from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
@@ -114,9 +115,10 @@ def _compile_one(
         prev_b = old.bulkhead if old is not None else None
         if prev_b is not None and prev_b.kind == opts.kind:
             bulkhead = prev_b
-            commits.append(
-                functools.partial(prev_b.resize, opts.limit, opts.max_queue, opts.max_wait)
-            )
+            if opts.kind != "adaptive":  # an adaptive one is retuned by its layer
+                commits.append(
+                    functools.partial(prev_b.resize, opts.limit, opts.max_queue, opts.max_wait)
+                )
         else:
             bulkhead = Bulkhead(name, opts.limit, opts.max_queue, opts.max_wait, opts.kind)
     retry = budget = None
@@ -132,6 +134,8 @@ def _compile_one(
             budget = old.budget if same and old is not None else None
             budget = budget or RetryBudget(policy.retry.budget, clock)
     fallback = Fallback(policy.fallback) if policy.fallback is not None else None
+    layers = compile_adaptive(policy, old, bulkhead, commits)
+    hedge = compile_hedge(name, policy, old, clock, emit, metrics, commits)
     guard = Guard(
         name,
         policy,
@@ -143,6 +147,8 @@ def _compile_one(
         retry=retry,
         budget=budget,
         fallback=fallback,
+        layers=layers,
+        hedge=hedge,
     )
     return guard, change
 

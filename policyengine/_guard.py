@@ -15,12 +15,14 @@ retried, never counted as a success or failure, and returns every permit it hold
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._breaker import _OPEN
 from ._events import Event
+from ._hedged import hedged_call as _hedged_call
 from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
 from ._matchers import compile_matchers
 from ._models import resolve_matchers
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._events import Listeners
     from ._fallback import Fallback
+    from ._hedge import Hedge
     from ._layer import AttemptLayer
     from ._metrics import GuardMetrics, RejectionReason
     from ._models import Policy
@@ -62,6 +65,7 @@ class Guard:
     """The compiled runtime of one policy version. Handles (`guard(name)`) point at the newest."""
 
     __slots__ = (
+        "_drive",
         "_first",
         "_queue",
         "_wait_queue",
@@ -73,6 +77,7 @@ class Guard:
         "clock",
         "emit",
         "fallback",
+        "hedge",
         "ignores",
         "layers",
         "max_attempts",
@@ -101,6 +106,7 @@ class Guard:
         budget: RetryBudget | None = None,
         fallback: Fallback | None = None,
         layers: tuple[AttemptLayer, ...] = (),
+        hedge: Hedge | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -114,6 +120,7 @@ class Guard:
         self.budget = budget
         self.fallback = fallback
         self.layers = layers
+        self.hedge = hedge
         self.max_attempts = retry.max_attempts if retry is not None else 1
         self.retryable = retry.should_retry if retry is not None else _always
         ignore = policy.breaker.ignore if policy.breaker is not None else None
@@ -133,7 +140,8 @@ class Guard:
         )
         self._queue: DeadlineQueue | None = None
         self._wait_queue: DeadlineQueue | None = None
-        # What `call` runs, chosen once: no mode or fallback test per call.
+        # What `call` runs, chosen once: no mode, fallback or hedge test per call.
+        self._drive = self._run if hedge is None else functools.partial(_hedged_call, self)
         if self.mode == "disabled":
             self._first = self._passthrough
         elif self.mode == "observe":
@@ -141,7 +149,7 @@ class Guard:
         elif fallback is not None:
             self._first = self._run_with_fallback
         else:
-            self._first = self._run
+            self._first = self._drive
 
     # ----------------------------------------------------------------- state
     @property
@@ -216,7 +224,7 @@ class Guard:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         try:
-            return await self._run(fn, args, kwargs)
+            return await self._drive(fn, args, kwargs)
         except NotAwaitableError:
             raise  # the caller's mistake: no fallback hides it
         except Exception as exc:

@@ -10,8 +10,9 @@ one call: the latency estimator, the extra-load budget and the counters.
 - Budget (Finagle's `BackupRequestFilter` over a `RetryBudget`): over a sliding 10 s window,
   extra attempts <= max_extra_load x raced attempts + 1 (`_budget.RetryBudget` with ratio
   `max_extra_load` and a floor of 0.1/s x 10 s). A hedge the budget denies is not started.
-- Counters: `hedges` (extra attempts started and admitted; one refused by the breaker or the
-  bulkhead is taken back) and `hedge_wins` (calls won by an extra attempt).
+- Counters: `hedges` (extra attempts started, including one the breaker or the bulkhead then
+  refused: the budget was spent on it) and `hedge_wins` (rounds won by an extra attempt); kept
+  here and, given `count` (the guard's `GuardMetrics.count`), in the guard's metrics.
 
 A reload keeps the object (`retune`): the estimator and the budget's window carry over.
 Events (only built when a listener other than the log is installed): ``hedge`` (an extra attempt
@@ -21,6 +22,7 @@ started: ``attempt``, ``delay``) and ``hedge_won`` (``attempt``).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._budget import RetryBudget
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._events import Listeners
     from ._hedge_models import HedgeOptions
+    from ._metrics import Counter
 
 __all__ = ["REFRESH_EVERY", "Hedge"]
 
@@ -45,6 +48,7 @@ class Hedge:
     __slots__ = (
         "_budget",
         "_clock",
+        "_count",
         "_emit",
         "_lock",
         "_quantile",
@@ -66,8 +70,10 @@ class Hedge:
         clock: Clock,
         emit: Listeners | None = None,
         estimator: LatencyQuantiles | None = None,
+        count: Callable[[Counter], None] | None = None,
     ) -> None:
         self.name = name
+        self._count = count
         self._clock = clock
         self._emit = emit
         self._lock = threading.Lock()
@@ -137,19 +143,22 @@ class Hedge:
             return False
         with self._lock:
             self.hedges += 1
+        if self._count is not None:
+            self._count("hedges")
         emit = self._emit
         if emit is not None and emit.hot:
             emit(Event("hedge", self.name, {"attempt": attempt, "delay": delay}))
         return True
 
     def refused(self) -> None:
-        """An extra attempt was refused by the breaker or the bulkhead: it never ran."""
-        with self._lock:
-            self.hedges -= 1
+        """An extra attempt was refused by the breaker or the bulkhead: it never ran (still
+        counted in `hedges`: the budget was spent)."""
 
     def won(self, attempt: int) -> None:
         with self._lock:
             self.hedge_wins += 1
+        if self._count is not None:
+            self._count("hedge_wins")
         emit = self._emit
         if emit is not None and emit.hot:
             emit(Event("hedge_won", self.name, {"attempt": attempt}))
