@@ -20,11 +20,12 @@ won by one.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
-from ._race import race
+from ._race import arm, first_failed, first_succeeded
 from ._retry_decision import Retry, decide
 from ._threads import in_thread
 
@@ -82,42 +83,31 @@ async def _attempt(
     return result
 
 
-class _Round:
-    """`start_attempt` for one round: the first attempt uses the call's permit, each extra one
-    takes its own (`Attempt.renew`: a CircuitOpenError there stops hedging)."""
+async def _extra(
+    guard: Guard,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    n: int,
+    loop: asyncio.AbstractEventLoop,
+    deadline: float | None,
+) -> Any:
+    """An extra attempt: its own breaker permit (`Attempt.renew`: a CircuitOpenError stops
+    hedging), taken once its task runs, so one cancelled before it started holds nothing."""
+    attempt = Attempt(guard, 0)
+    attempt.renew()
+    return await _attempt(guard, attempt, fn, args, kwargs, n, loop, deadline)
 
-    __slots__ = ("args", "deadline", "first", "fn", "guard", "kwargs", "loop", "n")
 
-    def __init__(
-        self,
-        guard: Guard,
-        first: Attempt,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        n: int,
-        loop: asyncio.AbstractEventLoop,
-        deadline: float | None,
-    ) -> None:
-        self.guard = guard
-        self.first: Attempt | None = first
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.n = n
-        self.loop = loop
-        self.deadline = deadline
-
-    def __call__(self) -> Any:
-        attempt = self.first
-        if attempt is None:  # an extra attempt (counted in `hedges` by the race)
-            attempt = Attempt(self.guard, 0)
-            attempt.renew()
-        else:
-            self.first = None
-        return _attempt(
-            self.guard, attempt, self.fn, self.args, self.kwargs, self.n, self.loop, self.deadline
-        )
+def _retry_wait(
+    guard: Guard, error: Exception, n: int, previous: float, deadline: float | None, now: float
+) -> float | None:
+    """The sleep before the next round, or None to raise `error` (see `_retry_decision`)."""
+    if isinstance(error, NotAwaitableError):
+        return None  # the caller's mistake: never retried
+    remaining = None if deadline is None else deadline - now
+    decision = decide(guard, error, n, previous, remaining)
+    return decision.wait if type(decision) is Retry else None
 
 
 async def hedged_call(
@@ -135,7 +125,7 @@ async def hedged_call(
     m = guard.metrics
     loop = asyncio.get_running_loop()
     m.start()
-    t0 = loop.time()
+    t0 = started = loop.time()
     deadline = None if guard.total is None else t0 + guard.total
     if guard.budget is not None:
         guard.budget.record_call()
@@ -149,19 +139,25 @@ async def hedged_call(
             if n > 1:
                 attempt = Attempt(guard, 0)
                 attempt.renew()
+                started = loop.time()
+            extra = functools.partial(_extra, guard, fn, args, kwargs, n, loop, deadline)
+            state = arm(hedge, extra, loop, started)
             try:
-                result = await race(
-                    _Round(guard, attempt, fn, args, kwargs, n, loop, deadline), hedge, loop
-                )
+                try:
+                    result = await _attempt(guard, attempt, fn, args, kwargs, n, loop, deadline)
+                except BaseException as exc:
+                    result = await first_failed(state, exc, started)
+                else:
+                    if state is None or state.extra is not None or hedge.sampling:
+                        first_succeeded(state, hedge, loop, started)
+                    else:
+                        state.done = True  # the usual case: no extra started
             except Exception as error:
-                if isinstance(error, NotAwaitableError):
-                    raise  # the caller's mistake: never retried
-                remaining = None if deadline is None else deadline - loop.time()
-                decision = decide(guard, error, n, previous, remaining)
-                if type(decision) is not Retry:
+                wait = _retry_wait(guard, error, n, previous, deadline, loop.time())
+                if wait is None:
                     raise
-                previous = decision.wait
-                await guard.clock.sleep(decision.wait)
+                previous = wait
+                await guard.clock.sleep(wait)
                 continue
             outcome = 1
             return result

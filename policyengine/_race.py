@@ -6,7 +6,9 @@ bulkhead slot and attempt deadline, all taken and released inside it), so the ra
 of the guard's internals:
 
 - The first attempt runs inline in the caller's task: no task is created and, when no hedge is
-  due, the only cost is one entry in a per-loop timer queue (like `_timeout`'s deadline queue).
+  due, the only cost is one small object in the hedge's timer queue (one loop timer serves all
+  of a hedge's calls on a loop, like `_timeout`'s deadline queue); the state of a race with
+  extra attempts is built only when the first extra starts.
 - When the delay passes (a loop timer, real time) and the budget allows, an extra attempt starts
   in a task of its own; then another after the same delay, up to `max_extra`. An extra attempt
   refused with a `RejectedError` (open breaker, full bulkhead, a rate limit) stops hedging for
@@ -41,233 +43,196 @@ from .exceptions import RejectedError
 if TYPE_CHECKING:
     from ._hedge import Hedge
 
-__all__ = ["race"]
+__all__ = ["TimerQueue", "arm", "first_failed", "first_succeeded", "race"]
 
 T = TypeVar("T")
 _current_task = asyncio.current_task
-_RUNNING: set[asyncio.Task[Any]] = set()  # losers still unwinding: referenced until done
+_copy_context = contextvars.copy_context
+_RUNNING: set[asyncio.Future[Any]] = set()  # losers still unwinding: referenced until done
 
 
-class _Entry:
-    """One race's next hedge time in a `_TimerQueue`."""
+class TimerQueue:
+    """A hedge's next-hedge times on one loop, in the order they were armed; one loop timer
+    serves them all. The delay of one hedge changes seldom (a percentile refresh), so times
+    arrive nearly sorted; one earlier than the newest gets a `call_at` of its own."""
 
-    __slots__ = ("done", "race", "when")
-
-    def __init__(self, race: _Race, when: float) -> None:
-        self.race = race
-        self.when = when
-        self.done = False
-
-
-class _TimerQueue:
-    """Hedge times on one loop, in the order they were armed; one loop timer serves them all.
-    A time earlier than the newest one (the delay just fell) gets its own `call_at`."""
-
-    __slots__ = ("_entries", "_handle", "loop")
+    __slots__ = ("_entries", "_handle", "_when", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._entries: deque[_Entry] = deque()
+        self._entries: deque[_Race] = deque()
         self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0
 
-    def add(self, race: _Race, when: float) -> _Entry:
+    def add(self, race: _Race) -> None:
         entries = self._entries
-        while entries and entries[0].done:
+        while entries and entries[0].done:  # rounds already decided: most of them, at once
             entries.popleft()
-        entry = _Entry(race, when)
+        when = race.when
         if entries and when < entries[-1].when:
-            self.loop.call_at(when, _fire_one, entry)
-            return entry
-        entries.append(entry)
-        if self._handle is None:
+            self.loop.call_at(when, race.fire)
+            return
+        entries.append(race)
+        handle = self._handle
+        if handle is None or when < self._when:  # the delay fell below the armed time
+            if handle is not None:
+                handle.cancel()
+            self._when = when
             self._handle = self.loop.call_at(when, self._fire)
-        return entry
 
     def _fire(self) -> None:
         self._handle = None
         entries = self._entries
         now = self.loop.time()
         while entries:
-            entry = entries[0]
-            if not entry.done and entry.when > now:
-                self._handle = self.loop.call_at(entry.when, self._fire)
+            race = entries[0]
+            if not race.done and race.when > now:
+                self._when = race.when
+                self._handle = self.loop.call_at(race.when, self._fire)
                 return
             entries.popleft()
-            _fire_one(entry)
-
-
-def _fire_one(entry: _Entry) -> None:
-    if not entry.done:
-        entry.done = True
-        entry.race.hedge_now()
-
-
-_QUEUES: dict[asyncio.AbstractEventLoop, _TimerQueue] = {}
-
-
-def _queue(loop: asyncio.AbstractEventLoop) -> _TimerQueue:
-    queue = _QUEUES.get(loop)
-    if queue is None:
-        if len(_QUEUES) > 64:  # loops that ended (tests, asyncio.run): forget them
-            for old in [x for x in _QUEUES if x.is_closed()]:
-                del _QUEUES[old]
-        queue = _QUEUES[loop] = _TimerQueue(loop)
-    return queue
+            race.fire()
 
 
 class _Race:
-    """The state of one hedged attempt: the extra tasks and how the race ended."""
+    """One hedged round. Built on every call, so the fields a round without extras needs are
+    set here and the rest (`_extras`) only when an extra attempt starts."""
 
-    __slots__ = (
-        "_baseline",
-        "_entry",
-        "ctx",
-        "delay",
-        "extras",
-        "failed",
-        "failures",
-        "hedge",
-        "loop",
-        "start",
-        "started",
-        "stopped",
-        "t0",
-        "task",
-        "waiter",
-        "winner",
-    )
+    __slots__ = ("baseline", "ctx", "delay", "done", "extra", "hedge", "start", "task", "when")
 
     def __init__(
         self,
         hedge: Hedge,
         start: Callable[[], Awaitable[Any]],
         task: asyncio.Task[Any],
-        loop: asyncio.AbstractEventLoop,
         delay: float,
+        when: float,
     ) -> None:
         self.hedge = hedge
         self.start = start
         self.task = task
-        self.loop = loop
         self.delay = delay
-        self._baseline = task.cancelling()
-        self.ctx = contextvars.copy_context()  # extras run in the caller's context
-        self.extras: dict[asyncio.Task[Any], float] = {}  # running extra -> its start time
+        self.when = when
+        self.done = False  # the round is decided, or no extra may start any more
+        self.baseline = task.cancelling()
+        self.ctx = _copy_context()  # extras run in the caller's context
+        self.extra: _Extras | None = None
+
+    def fire(self) -> None:
+        """The delay passed (the timer queue calls this once per arming)."""
+        if self.done:
+            return
+        extra = self.extra
+        if extra is None:
+            extra = self.extra = _Extras(self)
+        extra.start_one()
+
+
+class _Extras:
+    """The extra attempts of one round and how the round ended."""
+
+    __slots__ = ("failed", "failures", "loop", "race", "running", "started", "waiter", "winner")
+
+    def __init__(self, race: _Race) -> None:
+        self.race = race
+        self.loop = race.task.get_loop()
+        self.running: dict[asyncio.Future[Any], float] = {}  # extra -> its start time
         self.started = 0
         self.failures: list[Exception] = []
         self.failed = False  # an attempt failed: no new extra starts
-        self.stopped = False  # the race is decided (or hedging was refused)
-        self.winner: asyncio.Task[Any] | None = None
+        self.winner: asyncio.Future[Any] | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.t0 = loop.time()
-        self._entry: _Entry | None = _queue(loop).add(self, self.t0 + delay)
 
-    # -- timer side --------------------------------------------------------------------------
-
-    def hedge_now(self) -> None:
-        self._entry = None
-        if self.stopped or self.failed:
-            return
-        attempt = self.started + 2
-        if not self.hedge.try_extra(attempt, self.delay):
+    def start_one(self) -> None:
+        race = self.race
+        hedge = race.hedge
+        if self.failed or not hedge.try_extra(self.started + 2, race.delay, self.loop.time()):
             return
         self.started += 1
         try:
-            coro = self.ctx.run(self.start)
+            coro = race.ctx.run(race.start)
         except RejectedError:
-            self.hedge.refused()
-            self._disarm()
+            hedge.refused()
+            race.done = True
             return
         except Exception as exc:
             self.failures.append(exc)
             self.failed = True
             return
-        extra = self.loop.create_task(_awaited(coro), context=self.ctx)
-        self.extras[extra] = self.loop.time()
+        if asyncio.iscoroutine(coro):
+            extra: asyncio.Future[Any] = self.loop.create_task(coro, context=race.ctx)
+        else:
+            extra = asyncio.ensure_future(coro, loop=self.loop)
+        self.running[extra] = self.loop.time()
         _RUNNING.add(extra)
-        extra.add_done_callback(self._extra_done)
-        if self.started < self.hedge.max_extra:
-            self._entry = _queue(self.loop).add(self, self.loop.time() + self.delay)
+        extra.add_done_callback(self.extra_done)
+        if self.started < hedge.max_extra:
+            race.when = self.loop.time() + race.delay
+            hedge.timers(self.loop).add(race)
 
-    def _extra_done(self, extra: asyncio.Task[Any]) -> None:
+    def extra_done(self, extra: asyncio.Future[Any]) -> None:
         _RUNNING.discard(extra)
-        started = self.extras.pop(extra, None)
+        started = self.running.pop(extra, None)
         if extra.cancelled():
+            self.wake_if_all_done()
             return
         exc = extra.exception()
+        race = self.race
         if exc is None:
-            if started is not None and not self.stopped:
-                self.hedge.sample(self.loop.time() - started)
-                self._win(extra)
+            if started is not None and self.winner is None and not race.done:
+                race.hedge.sample(self.loop.time() - started)
+                self.win(extra)
+            else:
+                self.wake_if_all_done()
             return
         if isinstance(exc, RejectedError):
-            self.hedge.refused()
-            self._disarm()  # the breaker or bulkhead says no: no more extras for this call
+            race.hedge.refused()  # the breaker or bulkhead says no: no more extras this round
+            self.failed = True
         elif isinstance(exc, Exception):
             self.failures.append(exc)
             self.failed = True
-            self._disarm()
-        self._wake_if_all_done()
+        self.wake_if_all_done()
 
-    def _win(self, extra: asyncio.Task[Any]) -> None:
+    def win(self, extra: asyncio.Future[Any]) -> None:
+        race = self.race
         self.winner = extra
-        self.stopped = True
-        self._disarm()
-        self.hedge.won(self.started + 1)
-        self._cancel_extras()
+        race.done = True
+        race.hedge.won(self.started + 1)
+        self.cancel_running()
         if self.waiter is not None:  # the inline attempt already failed: it waits for us
             if not self.waiter.done():
                 self.waiter.set_result(None)
         else:
-            self.task.cancel()  # stop the inline attempt; `race` takes the cancel back
+            race.task.cancel()  # stop the inline attempt; `race` takes the cancel back
 
-    def _wake_if_all_done(self) -> None:
-        if self.waiter is not None and not self.extras and not self.waiter.done():
-            self.waiter.set_result(None)
+    def wake_if_all_done(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not self.running and not waiter.done():
+            waiter.set_result(None)
 
-    # -- caller side -------------------------------------------------------------------------
-
-    def _disarm(self) -> None:
-        entry = self._entry
-        if entry is not None:
-            entry.done = True
-            self._entry = None
-
-    def _cancel_extras(self, keep: asyncio.Task[Any] | None = None) -> None:
+    def cancel_running(self) -> None:
         now = self.loop.time()
-        for extra, started in list(self.extras.items()):
-            if extra is not keep:
-                self.hedge.sample(now - started)  # superseded: a lower bound of its latency
-                del self.extras[extra]
-                extra.cancel()
-
-    def primary_won(self) -> None:
-        self.stopped = True
-        self._disarm()
-        if self.extras:
-            self._cancel_extras()
-
-    def took_back(self) -> bool:
-        """After a CancelledError in the inline attempt: True if it was the race's own cancel
-        (an extra won) and nothing else cancelled the caller meanwhile."""
-        return self.winner is not None and self.task.uncancel() <= self._baseline
+        hedge = self.race.hedge
+        for extra, started in list(self.running.items()):
+            hedge.sample(now - started)  # superseded: a lower bound of its latency
+            del self.running[extra]
+            extra.cancel()
 
     async def after_failure(self, exc: Exception) -> Any:
         """The inline attempt failed: wait for the extras in flight, else raise."""
         self.failures.append(exc)
         self.failed = True
-        self._disarm()
-        if self.extras:
+        if self.running and self.winner is None:
             self.waiter = self.loop.create_future()
             try:
                 await self.waiter
             except BaseException:
-                self.stopped = True
-                self._cancel_extras()
+                self.race.done = True
+                self.cancel_running()
                 raise
+        self.race.done = True
         if self.winner is not None:
             return self.winner.result()
-        self.stopped = True
         last = self.failures[-1]
         if len(self.failures) > 1:
             others = ", ".join(type(e).__name__ for e in self.failures[:-1])
@@ -275,44 +240,69 @@ class _Race:
         raise last
 
 
-async def _awaited(awaitable: Awaitable[T]) -> T:
-    return await awaitable
+async def _first_failed(race: _Race, exc: BaseException, t0: float) -> Any:
+    """The inline attempt raised `exc`: an extra's win (our own cancel), an outer cancel, or a
+    failure the extras in flight may still make good."""
+    extra = race.extra
+    if isinstance(exc, Exception) and extra is not None:
+        return await extra.after_failure(exc)  # no new extra; those in flight may still win
+    race.done = True
+    if extra is None:
+        raise exc
+    won = isinstance(exc, asyncio.CancelledError) and extra.winner is not None
+    if won and race.task.uncancel() <= race.baseline:  # our cancel, and only ours
+        race.hedge.sample(race.task.get_loop().time() - t0)  # superseded
+        return extra.winner.result()  # type: ignore[union-attr]
+    extra.cancel_running()  # an outer cancel, KeyboardInterrupt, SystemExit: stop them, go
+    raise exc
+
+
+def arm(
+    hedge: Hedge, start_attempt: Callable[[], Awaitable[Any]], loop: Any, t0: float
+) -> _Race | None:
+    """A round begins at `t0` (loop time): counted in the budget, and its first hedge time
+    armed. None while a percentile delay is warming up (the round runs unhedged)."""
+    hedge.record_call(t0)
+    delay = hedge.delay
+    if delay is None:
+        return None
+    task = _current_task(loop)
+    assert task is not None, "a hedged attempt runs inside a task"
+    state = _Race(hedge, start_attempt, task, delay, t0 + delay)
+    hedge.timers(loop).add(state)
+    return state
+
+
+def first_succeeded(state: _Race | None, hedge: Hedge, loop: Any, t0: float) -> None:
+    """The inline attempt returned: the round is decided; extras still running are cancelled."""
+    if state is not None:
+        state.done = True
+        extra = state.extra
+        if extra is not None:
+            if extra.winner is not None:  # an extra won as this attempt finished anyway
+                state.task.uncancel()
+            elif extra.running:
+                extra.cancel_running()
+    if hedge.sampling:
+        hedge.sample(loop.time() - t0)
+
+
+async def first_failed(state: _Race | None, exc: BaseException, t0: float) -> Any:
+    """The inline attempt raised `exc`: the round's result (an extra's) or its error."""
+    if state is None:
+        raise exc
+    return await _first_failed(state, exc, t0)
 
 
 async def race(start_attempt: Callable[[], Awaitable[T]], hedge: Hedge, loop: Any = None) -> T:
     """One attempt, hedged per `hedge` (see the module docstring); its result or its error."""
     if loop is None:
         loop = asyncio.get_running_loop()
-    delay = hedge.delay
-    hedge.record_call()
     t0 = loop.time()
-    if delay is None:  # warming up: no percentile yet
-        result = await start_attempt()
-        hedge.sample(loop.time() - t0)
-        return result
-    task = _current_task(loop)
-    assert task is not None, "race() runs inside a task"
-    state = _Race(hedge, start_attempt, task, loop, delay)
+    state = arm(hedge, start_attempt, loop, t0)
     try:
         result = await start_attempt()
-    except asyncio.CancelledError:
-        if state.took_back():
-            hedge.sample(loop.time() - t0)  # superseded
-            winner = state.winner
-            assert winner is not None
-            return winner.result()  # type: ignore[no-any-return]
-        state.stopped = True
-        state._disarm()
-        state._cancel_extras()
-        raise
-    except Exception as exc:
-        return await state.after_failure(exc)  # type: ignore[no-any-return]
-    except BaseException:
-        state.primary_won()  # KeyboardInterrupt, SystemExit: stop the extras and go
-        raise
-    if state.winner is not None:  # an extra won while this attempt finished anyway
-        state.task.uncancel()
-        return result
-    state.primary_won()
-    hedge.sample(loop.time() - t0)
+    except BaseException as exc:
+        return await first_failed(state, exc, t0)  # type: ignore[no-any-return]
+    first_succeeded(state, hedge, loop, t0)
     return result
