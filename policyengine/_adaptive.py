@@ -279,26 +279,43 @@ class AdaptiveLimit:
     def settle(
         self, outcome: Outcome, error: BaseException | None, duration: float, now: float
     ) -> None:
-        dropped = is_drop(outcome, error)
-        if dropped is None or duration < self.MIN_RTT:
-            return
-        bulkhead = self.bulkhead
-        with self._lock:
-            if now - duration < self._changed:
-                return  # admitted under the previous limit
-            self._sum += duration
-            self._count += 1
-            self._dropped = self._dropped or dropped
-            self._inflight = max(self._inflight, bulkhead.active)
-            if now < self._next or self._count < self.WINDOW_SIZE:
+        if outcome == "success":  # `is_drop`, its common case inlined: this runs per attempt
+            dropped = False
+        else:
+            drop = is_drop(outcome, error)
+            if drop is None:
                 return
-            rtt = self._sum / self._count
-            self._next = now + min(2.0 * rtt, self.MAX_WINDOW)
-            limit = self.algorithm.sample(rtt, self._inflight, self._dropped, now)
-            self._reset()
-            if limit != bulkhead.max_concurrent:  # under our lock: the newest limit wins
-                bulkhead.set_limit(limit)
-                self._changed = now
+            dropped = drop
+        if duration < self.MIN_RTT:
+            return
+        if now - duration < self._changed:
+            return  # admitted under the previous limit
+        # No lock to add a sample: an update lost to a race between threads only blurs one
+        # window's mean; the limit itself moves under the lock (`_close`), and admissions are
+        # exact under the bulkhead's.
+        self._sum += duration
+        count = self._count = self._count + 1
+        if dropped:
+            self._dropped = True
+        active = self.bulkhead.active
+        if active > self._inflight:
+            self._inflight = active
+        if count >= self.WINDOW_SIZE and now >= self._next:
+            with self._lock:
+                if self._count >= self.WINDOW_SIZE and now >= self._next:
+                    self._close(now)
+
+    def _close(self, now: float) -> None:
+        """The window is full: one sample to the algorithm, the new limit to the bulkhead (lock
+        held, so the newest limit wins)."""
+        rtt = self._sum / self._count
+        self._next = now + min(2.0 * rtt, self.MAX_WINDOW)
+        limit = self.algorithm.sample(rtt, self._inflight, self._dropped, now)
+        self._reset()
+        bulkhead = self.bulkhead
+        if limit != bulkhead.max_concurrent:
+            bulkhead.set_limit(limit)
+            self._changed = now
 
     @property
     def limit(self) -> int:

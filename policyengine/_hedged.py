@@ -20,7 +20,6 @@ won by one.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -140,8 +139,7 @@ async def hedged_call(
                 attempt = Attempt(guard, 0)
                 attempt.renew()
                 started = loop.time()
-            extra = functools.partial(_extra, guard, fn, args, kwargs, n, loop, deadline)
-            state = arm(hedge, extra, loop, started)
+            state = arm(hedge, _extra, loop, started, (guard, fn, args, kwargs, n, loop, deadline))
             try:
                 try:
                     result = await _attempt(guard, attempt, fn, args, kwargs, n, loop, deadline)

@@ -98,18 +98,31 @@ class _Race:
     """One hedged round. Built on every call, so the fields a round without extras needs are
     set here and the rest (`_extras`) only when an extra attempt starts."""
 
-    __slots__ = ("baseline", "ctx", "delay", "done", "extra", "hedge", "start", "task", "when")
+    __slots__ = (
+        "args",
+        "baseline",
+        "ctx",
+        "delay",
+        "done",
+        "extra",
+        "hedge",
+        "start",
+        "task",
+        "when",
+    )
 
     def __init__(
         self,
         hedge: Hedge,
-        start: Callable[[], Awaitable[Any]],
+        start: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
         task: asyncio.Task[Any],
         delay: float,
         when: float,
     ) -> None:
         self.hedge = hedge
-        self.start = start
+        self.start = start  # an extra attempt is `start(*args)` (no closure built per round)
+        self.args = args
         self.task = task
         self.delay = delay
         self.when = when
@@ -150,7 +163,7 @@ class _Extras:
             return
         self.started += 1
         try:
-            coro = race.ctx.run(race.start)
+            coro = race.ctx.run(race.start, *race.args)
         except RejectedError:
             hedge.refused()
             race.done = True
@@ -258,18 +271,29 @@ async def _first_failed(race: _Race, exc: BaseException, t0: float) -> Any:
 
 
 def arm(
-    hedge: Hedge, start_attempt: Callable[[], Awaitable[Any]], loop: Any, t0: float
+    hedge: Hedge,
+    start_attempt: Callable[..., Awaitable[Any]],
+    loop: Any,
+    t0: float,
+    args: tuple[Any, ...] = (),
 ) -> _Race | None:
     """A round begins at `t0` (loop time): counted in the budget, and its first hedge time
-    armed. None while a percentile delay is warming up (the round runs unhedged)."""
-    hedge.record_call(t0)
+    armed; an extra attempt will be `start_attempt(*args)`. None while a percentile delay is
+    warming up (the round runs unhedged). Every call pays this: it is written for speed."""
+    budget = hedge._budget  # `hedge.record_call(t0)`, inlined
+    if int(t0) != budget._head:
+        budget._roll(int(t0))
+    budget.rounds += 1
     delay = hedge.delay
     if delay is None:
         return None
     task = _current_task(loop)
     assert task is not None, "a hedged attempt runs inside a task"
-    state = _Race(hedge, start_attempt, task, delay, t0 + delay)
-    hedge.timers(loop).add(state)
+    state = _Race(hedge, start_attempt, args, task, delay, t0 + delay)
+    timers = hedge._timers
+    if timers is None or timers.loop is not loop:
+        timers = hedge.timers(loop)
+    timers.add(state)
     return state
 
 
