@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import policyengine  # noqa: E402
-from policyengine._adaptive import AdaptiveLimit  # noqa: E402
-from policyengine.exceptions import BulkheadFullError, GuardTimeoutError  # noqa: E402
+import policyengine
+from policyengine._adaptive import AdaptiveLimit
+from policyengine.exceptions import BulkheadFullError, GuardTimeoutError
 
 C = 8
 WORK = 0.020
@@ -111,35 +111,48 @@ class Server:
         await done
 
 
+class Run:
+    """One configuration's callers: call, and after a refusal wait 5 ms and call again."""
+
+    def __init__(self, g, server: Server, start: float, seconds: float, warmup: float) -> None:  # type: ignore[no-untyped-def]
+        self.g, self.server, self.start = g, server, start
+        self.seconds, self.warmup = seconds, warmup
+
+    async def caller(self, latencies: list[float], counts: dict[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() - self.start < self.seconds:
+            t0 = loop.time()
+            measured = t0 - self.start >= self.warmup
+            try:
+                await self.g.call(self.server.request)
+            except GuardTimeoutError:
+                counts["timeouts"] += measured
+                continue
+            except BulkheadFullError:
+                counts["refused"] += measured
+                await asyncio.sleep(0.005)
+                continue
+            if measured:
+                latencies.append(loop.time() - t0)
+
+
 async def capacity(seconds: float, warmup: float) -> None:
     engine = policyengine.loads(CAPACITY, default=False)
-    print(f"\ncapacity C = {C} ({WORK * 1e3:.0f} ms each: at most {C / WORK:.0f}/s), {CALLERS}"
-          f" callers, attempt timeout 60 ms, {seconds - warmup:.0f} s measured after {warmup:.0f} s")
-    print(f"  {'':12} {'goodput/s':>10} {'p99 ms':>8} {'timeouts/s':>11} {'refused/s':>10} {'limit':>6}")
+    print(
+        f"\ncapacity C = {C} ({WORK * 1e3:.0f} ms each: at most {C / WORK:.0f}/s), {CALLERS}"
+        f" callers, attempt timeout 60 ms, {seconds - warmup:.0f} s measured after {warmup:.0f} s"
+    )
+    print(
+        f"  {'':12} {'goodput/s':>10} {'p99 ms':>8} {'timeouts/s':>11} {'refused/s':>10}"
+        f" {'limit':>6}"
+    )
     for name in ("fixed_4c", "fixed_c", "gradient2", "vegas", "aimd"):
         g = engine.guard(name)
         server = Server()
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         latencies: list[float] = []
         counts = {"timeouts": 0, "refused": 0}
-
-        async def caller() -> None:
-            while loop.time() - start < seconds:
-                t0 = loop.time()
-                try:
-                    await g.call(server.request)
-                except GuardTimeoutError:
-                    counts["timeouts"] += t0 - start >= warmup
-                    continue
-                except BulkheadFullError:
-                    counts["refused"] += t0 - start >= warmup
-                    await asyncio.sleep(0.005)
-                    continue
-                if t0 - start >= warmup:
-                    latencies.append(loop.time() - t0)
-
-        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        run = Run(g, server, asyncio.get_running_loop().time(), seconds, warmup)
+        await asyncio.gather(*(run.caller(latencies, counts) for _ in range(CALLERS)))
         for task in list(server.tasks):
             task.cancel()
         span = seconds - warmup

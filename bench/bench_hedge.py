@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import policyengine  # noqa: E402
+import policyengine
 
 BASE = """
 [policies.{name}]
@@ -82,8 +82,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def worker(g, fn, queue, latencies: list[float]) -> None:  # type: ignore[no-untyped-def]
+    for _ in queue:
+        t0 = time.perf_counter()
+        await g.call(fn)
+        latencies.append(time.perf_counter() - t0)
+
+
 async def tail(engine: policyengine.Engine, calls: int, concurrency: int) -> None:
-    print(f"\nlong tail: 1% of attempts 100 ms, the rest 2-4 ms; {calls} calls, {concurrency} at once")
+    print(
+        f"\nlong tail: 1% of attempts 100 ms, the rest 2-4 ms; {calls} calls, {concurrency} at once"
+    )
     print(f"  {'':18} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'extra load':>11}")
     for name, label in (
         ("tail_plain", "no hedging"),
@@ -94,14 +103,7 @@ async def tail(engine: policyengine.Engine, calls: int, concurrency: int) -> Non
         fn = dependency(7)
         latencies: list[float] = []
         queue = iter(range(calls))
-
-        async def worker() -> None:
-            for _ in queue:
-                t0 = time.perf_counter()
-                await g.call(fn)
-                latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(g, fn, queue, latencies) for _ in range(concurrency)))
         m = g.metrics()
         extra = m["hedges"] / m["calls"]
         print(
