@@ -144,7 +144,17 @@ class _Race:
 class _Extras:
     """The extra attempts of one round and how the round ended."""
 
-    __slots__ = ("failed", "failures", "loop", "race", "running", "started", "waiter", "winner")
+    __slots__ = (
+        "cancelled",
+        "failed",
+        "failures",
+        "loop",
+        "race",
+        "running",
+        "started",
+        "waiter",
+        "winner",
+    )
 
     def __init__(self, race: _Race) -> None:
         self.race = race
@@ -155,6 +165,7 @@ class _Extras:
         self.failed = False  # an attempt failed: no new extra starts
         self.winner: asyncio.Future[Any] | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.cancelled = False  # we cancelled the caller's task (an extra won): take it back
 
     def start_one(self) -> None:
         race = self.race
@@ -166,7 +177,7 @@ class _Extras:
             coro = race.ctx.run(race.start, *race.args)
         except RejectedError:
             hedge.refused()
-            race.done = True
+            self.failed = True
             return
         except Exception as exc:
             self.failures.append(exc)
@@ -216,6 +227,7 @@ class _Extras:
             if not self.waiter.done():
                 self.waiter.set_result(None)
         else:
+            self.cancelled = True
             race.task.cancel()  # stop the inline attempt; `race` takes the cancel back
 
     def wake_if_all_done(self) -> None:
@@ -245,6 +257,8 @@ class _Extras:
                 raise
         self.race.done = True
         if self.winner is not None:
+            if self.cancelled:  # the inline attempt turned our cancel into an error
+                self.race.task.uncancel()
             return self.winner.result()
         last = self.failures[-1]
         if len(self.failures) > 1:
@@ -262,7 +276,7 @@ async def _first_failed(race: _Race, exc: BaseException, t0: float) -> Any:
     race.done = True
     if extra is None:
         raise exc
-    won = isinstance(exc, asyncio.CancelledError) and extra.winner is not None
+    won = isinstance(exc, asyncio.CancelledError) and extra.cancelled
     if won and race.task.uncancel() <= race.baseline:  # our cancel, and only ours
         race.hedge.sample(race.task.get_loop().time() - t0)  # superseded
         return extra.winner.result()  # type: ignore[union-attr]
@@ -303,7 +317,7 @@ def first_succeeded(state: _Race | None, hedge: Hedge, loop: Any, t0: float) -> 
         state.done = True
         extra = state.extra
         if extra is not None:
-            if extra.winner is not None:  # an extra won as this attempt finished anyway
+            if extra.cancelled:  # an extra won as this attempt finished anyway
                 state.task.uncancel()
             elif extra.running:
                 extra.cancel_running()

@@ -358,3 +358,30 @@ def test_retune_keeps_the_estimator() -> None:
         hedge.sample(0.02)
     hedge.retune(HedgeOptions(delay="p50", max_extra=2))
     assert hedge.delay == pytest.approx(0.02, rel=0.04) and hedge.max_extra == 2
+
+
+def test_a_first_attempt_that_turns_the_cancel_into_an_error_still_loses_cleanly() -> None:
+    """The inline attempt catches the race's cancel and raises something else: the extra's
+    result is returned and the caller's task carries no cancel request afterwards."""
+
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            raise RuntimeError("cleanup failed") from None
+        return "slow"
+
+    async def fast() -> str:
+        await asyncio.sleep(0.005)
+        return "fast"
+
+    calls = iter([stubborn, fast])
+
+    async def main() -> tuple[str, int]:
+        result = await race(lambda: next(calls)(), hedge_of(delay="10ms"))
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0.001)  # no stray CancelledError arrives later
+        return result, task.cancelling()
+
+    assert run(main()) == ("fast", 0)
