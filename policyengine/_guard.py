@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._breaker import _OPEN
-from ._events import Event
+from ._events import Event, FallbackUsed, Rejected, TimedOut
 from ._hedged import hedged_call as _hedged_call
 from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
 from ._matchers import compile_matchers
@@ -53,6 +53,13 @@ _get_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
 
 
+_OPEN_REJECTED = Rejected("circuit_open")
+
+
+async def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
 def _always(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
@@ -70,11 +77,14 @@ class Guard:
         "_queue",
         "_wait_queue",
         "attempt_timeout",
+        "bounded",
         "bounded_wait",
         "breaker",
         "budget",
         "bulkhead",
         "clock",
+        "clocked",
+        "door",
         "emit",
         "fallback",
         "hedge",
@@ -133,6 +143,10 @@ class Guard:
         # slow-call rules need durations; a call started without one is never slow, even if
         # a reload adds the rule while it runs (the breaker itself is reconfigured in place)
         self.timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
+        # an attempt's duration is needed by slow-call rules and by layers, else not measured
+        self.clocked = self.timed or bool(layers)
+        # call_sync cannot stop an attempt: with a timeout it measures it, to count overruns
+        self.bounded = self.total is not None or self.attempt_timeout is not None
         # a bulkhead wait bounded by max_wait or the total deadline needs a timer
         self.bounded_wait = bulkhead is not None and (
             (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
@@ -140,6 +154,10 @@ class Guard:
         )
         self._queue: DeadlineQueue | None = None
         self._wait_queue: DeadlineQueue | None = None
+        # The breaker `call` itself tests (see `refusal`): only where an open circuit simply
+        # raises (enforce mode, no fallback to serve it)
+        plain = self.mode == "enforce" and fallback is None
+        self.door: Breaker | None = breaker if plain else None
         # What `call` runs, chosen once: no mode, fallback or hedge test per call.
         self._drive = self._run if hedge is None else functools.partial(_hedged_call, self)
         if self.mode == "disabled":
@@ -167,20 +185,20 @@ class Guard:
         """A rejection after the call was counted (a retry refused, a full bulkhead...)."""
         self.metrics.count(reason)
         if self.emit.hot:
-            self.emit(Event("rejected", self.name, {"reason": reason}))
+            self.emit(Event.of(self.name, Rejected(reason)))
 
     def refuse(self) -> None:
         """A call refused at the door: a call, ignored (neither outcome), circuit_open."""
         self.metrics.refuse()
         if self.emit.hot:
-            self.emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+            self.emit(Event.of(self.name, _OPEN_REJECTED))
 
     def timed_out(self, total: bool, n: int) -> GuardTimeoutError:
         """Attempt `n` ran past the total deadline (`total`) or its own: counted, announced."""
         kind = "total" if total else "attempt"
         seconds = (self.total if total else self.attempt_timeout) or 0.0
         self.metrics.count("timeouts")
-        self.emit(Event("timeout", self.name, {"kind": kind, "attempt": n}))
+        self.emit(Event.of(self.name, TimedOut(kind, n)))
         return GuardTimeoutError(self.name, kind, seconds)
 
     def deadline(
@@ -205,7 +223,32 @@ class Guard:
         self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
     ) -> Coroutine[Any, Any, T]:
         """`await guard.call(fn, ...)`: run `fn(*args, **kwargs)` through every layer."""
+        door = self.door
+        if door is not None and door._closed_permit < 0:
+            refused = self.refusal(door)
+            if refused is not None:
+                return refused
         return self._first(fn, args, kwargs)
+
+    def refusal(self, breaker: Breaker) -> Coroutine[Any, Any, Any] | None:
+        """An open circuit's rejection, decided before any coroutine of ours runs: a minimal
+        coroutine that raises the (counted) CircuitOpenError, or None to run the call.
+
+        Why here: this is an outage's hot path, paid by every caller while the dependency is
+        down. Deciding it in `call()` skips the guard's own coroutine frames (the caller still
+        gets a coroutine, so `create_task(guard.call(...))` and `gather` keep working); what is
+        left costs little more than any coroutine that only raises. Half-open and forced states
+        go the long way (`Breaker.acquire` under its lock)."""
+        if breaker._state != _OPEN or breaker.observe:
+            return None
+        now = breaker._now()
+        until = breaker._open_until
+        if now >= until:
+            return None
+        self.metrics.refuse()
+        if self.emit.hot:
+            self.emit(Event.of(self.name, _OPEN_REJECTED))
+        return _raise(CircuitOpenError(self.name, until - now, "open"))
 
     async def _passthrough(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -232,7 +275,7 @@ class Guard:
             if fallback is None or fallback.kind_of(exc, self.retryable) is None:
                 raise
             self.metrics.count("fallbacks")
-            self.emit(Event("fallback", self.name, {"error": type(exc).__name__}))
+            self.emit(Event.of(self.name, FallbackUsed(type(exc).__name__)))
             return await fallback.produce(exc)
 
     def _door(self, breaker: Breaker) -> int:
@@ -244,7 +287,7 @@ class Guard:
             if now < until:
                 self.metrics.refuse()  # `refuse()`, inlined
                 if self.emit.hot:
-                    self.emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+                    self.emit(Event.of(self.name, _OPEN_REJECTED))
                 raise CircuitOpenError(self.name, until - now, "open")
         try:
             return breaker.acquire()
@@ -265,7 +308,11 @@ class Guard:
                 permit = self._door(breaker)
         m = self.metrics
         loop = _get_loop()
-        m.start()
+        lock = m.lock  # m.start(), inlined: this is the hot path
+        lock.acquire()
+        m.calls += 1
+        m.inside += 1
+        lock.release()
         t0 = loop.time()
         deadline = None if self.total is None else t0 + self.total
         if self.budget is not None:
@@ -289,7 +336,8 @@ class Guard:
                         when = end
                 if when is not None:
                     attempt.timer = self.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                attempt.started = clock.now()
+                if self.clocked:
+                    attempt.started = clock.now()
                 awaited: object = NOT_CALLED
                 try:
                     if self.threaded:
@@ -302,11 +350,9 @@ class Guard:
                     step = self._failed(attempt, exc, awaited, fn, n, when == deadline, deadline)
                     if step is exc:
                         raise
-                    if type(step) is not float:
-                        raise step from None  # type: ignore[misc]
-                    await clock.sleep(step)
+                    await clock.sleep(step)  # type: ignore[arg-type]
                     continue
-                attempt.succeeded(clock.now())
+                attempt.succeeded()
                 outcome = 1
                 return result
         except BaseException as exc:
@@ -350,19 +396,21 @@ class Guard:
         deadline: float | None,
     ) -> BaseException | float:
         """Attempt `n` raised `exc`: settle it and decide. Returns the backoff sleep before
-        the next attempt, or the error to raise (`exc` itself: re-raise it as it is)."""
+        the next attempt, or `exc` itself to re-raise as it is; raises the error that ends the
+        call when it is not `exc` (our GuardTimeoutError, or the caller's mistake)."""
         if isinstance(exc, TypeError) and awaited is not NOT_CALLED:
             attempt.refuse_not_awaitable(awaited, fn)
         clock = self.clock
         error = attempt.failed(exc, total, n, clock.now())
-        if not isinstance(error, Exception):
-            return error
-        remaining = None if deadline is None else deadline - _get_loop().time()
-        decision = decide(self, error, n, attempt.previous, remaining)
-        if type(decision) is not Retry:
-            return error
-        attempt.previous = decision.wait
-        return decision.wait
+        if isinstance(error, Exception):
+            remaining = None if deadline is None else deadline - _get_loop().time()
+            decision = decide(self, error, n, attempt.previous, remaining)
+            if type(decision) is Retry:
+                attempt.previous = decision.wait
+                return decision.wait
+        if error is exc:
+            return exc
+        raise error from None
 
     async def _layer_wait(
         self,

@@ -15,8 +15,9 @@ one call: the latency estimator, the extra-load budget and the counters.
   here and, given `count` (the guard's `GuardMetrics.count`), in the guard's metrics.
 
 A reload keeps the object (`retune`): the estimator and the budget's window carry over.
-Events (only built when a listener other than the log is installed): ``hedge`` (an extra attempt
-started: ``attempt``, ``delay``) and ``hedge_won`` (``attempt``).
+Events (only built when a listener other than the log is installed): ``hedge``, an extra attempt
+started (``attempt``: 2 for the first extra; ``delay``: the hedge delay, seconds); a win is
+counted in ``hedge_wins``.
 """
 
 from __future__ import annotations
@@ -169,9 +170,6 @@ class Hedge:
             self.hedge_wins += 1
         if self._count is not None:
             self._count("hedge_wins")
-        emit = self._emit
-        if emit is not None and emit.hot:
-            emit(Event("hedge_won", self.name, {"attempt": attempt}))
 
     def snapshot(self) -> dict[str, int]:
         """The metrics: ``hedges`` and ``hedge_wins``."""

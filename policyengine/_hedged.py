@@ -62,7 +62,8 @@ async def _attempt(
     if when is not None:
         attempt.timer = guard.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
     clock = guard.clock
-    attempt.started = clock.now()
+    if guard.clocked:
+        attempt.started = clock.now()
     awaited: object = NOT_CALLED
     try:
         if guard.threaded:
@@ -78,7 +79,7 @@ async def _attempt(
         if error is exc:
             raise
         raise error from None
-    attempt.succeeded(clock.now())
+    attempt.succeeded()
     return result
 
 
