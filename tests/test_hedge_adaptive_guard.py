@@ -245,3 +245,15 @@ def test_httpx_hedges_only_idempotent_methods(engine_of, method: str, hedged: bo
     text = run(main())
     assert (text, len(sent)) == (("2", 2) if hedged else ("1", 1))
     assert engine.guard("search").metrics()["hedge_wins"] == (1 if hedged else 0)
+
+
+def test_observe_mode_and_call_sync_never_hedge(engine_of) -> None:  # type: ignore[no-untyped-def]
+    engine = engine_of(
+        HEDGED + '[policies.watched]\nmode = "observe"\n' + HEDGED.replace("search", "watched")
+    )
+    service = Service(lambda n: 1.0 if n == 0 else 0.01)
+    assert run(engine.guard("watched").call(service)) == 0 and service.calls == 1
+    assert engine.guard("watched").metrics()["hedges"] == 0
+    seen: list[int] = []
+    assert engine.guard("search").call_sync(lambda: seen.append(1) or 7) == 7
+    assert seen == [1] and engine.guard("search").metrics()["hedges"] == 0
