@@ -56,18 +56,24 @@ class TimerQueue:
     serves them all. The delay of one hedge changes seldom (a percentile refresh), so times
     arrive nearly sorted; one earlier than the newest gets a `call_at` of its own."""
 
-    __slots__ = ("_entries", "_handle", "_when", "loop")
+    __slots__ = ("_compact_at", "_entries", "_handle", "_when", "loop")
+
+    COMPACT_AT = 4096
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._entries: deque[_Race] = deque()
         self._handle: asyncio.TimerHandle | None = None
         self._when = 0.0
+        self._compact_at = self.COMPACT_AT
 
     def add(self, race: _Race) -> None:
         entries = self._entries
         while entries and entries[0].done:  # rounds already decided: most of them, at once
             entries.popleft()
+        if len(entries) > self._compact_at:  # a long delay behind a round still running
+            self._compact()
+            entries = self._entries
         when = race.when
         if entries and when < entries[-1].when:
             self.loop.call_at(when, race.fire)
@@ -79,6 +85,12 @@ class TimerQueue:
                 handle.cancel()
             self._when = when
             self._handle = self.loop.call_at(when, self._fire)
+
+    def _compact(self) -> None:
+        """Drop decided rounds from the middle too (amortised O(1): the next compaction waits
+        until the queue doubled), so a long delay keeps only rounds still running."""
+        self._entries = deque(r for r in self._entries if not r.done)
+        self._compact_at = max(self.COMPACT_AT, 2 * len(self._entries))
 
     def _fire(self) -> None:
         self._handle = None

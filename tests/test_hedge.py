@@ -385,3 +385,23 @@ def test_a_first_attempt_that_turns_the_cancel_into_an_error_still_loses_cleanly
         return result, task.cancelling()
 
     assert run(main()) == ("fast", 0)
+
+
+def test_decided_rounds_do_not_pile_up_behind_a_long_delay() -> None:
+    """A 1 h delay and one round that never ends: the timer queue keeps that round, not the
+    thousands decided after it."""
+    hedge = hedge_of(delay="1h")
+    dep = Dependency(lambda n: 7200.0 if n == 0 else 0.0001)
+
+    async def main() -> int:
+        slow = asyncio.ensure_future(race(dep.attempt, hedge))
+        await asyncio.sleep(0)
+        for _ in range(10_000):
+            await race(dep.attempt, hedge)
+        size = len(hedge.timers(asyncio.get_running_loop())._entries)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        return size
+
+    assert run(main()) <= 4096 + 1
