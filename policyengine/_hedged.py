@@ -124,7 +124,11 @@ async def hedged_call(
             permit = guard._door(breaker)
     m = guard.metrics
     loop = asyncio.get_running_loop()
-    m.start()
+    lock = m.lock  # m.start(), inlined as in Guard._run
+    lock.acquire()
+    m.calls += 1
+    m.inside += 1
+    lock.release()
     t0 = started = loop.time()
     deadline = None if guard.total is None else t0 + guard.total
     if guard.budget is not None:
