@@ -330,10 +330,12 @@ class Guard:
             while True:
                 n += 1
                 if n > 1 or self.layers:
-                    await self._readmit(attempt, n, loop, deadline)
+                    wait = self._readmit(attempt, n, loop, deadline)
+                    if wait > 0.0:  # a layer asked for a wait (a rate-limit token later)
+                        await self._layer_wait(attempt, wait, loop, deadline)
                 slot = attempt.enter(loop)
                 if slot is not None:
-                    await attempt.wait_slot(slot, loop, deadline if self.bounded_wait else None)
+                    await attempt.wait_slot(slot, loop, deadline)
                 when = deadline
                 if self.attempt_timeout is not None:
                     end = loop.time() + self.attempt_timeout
@@ -341,8 +343,6 @@ class Guard:
                         when = end
                 if when is not None:
                     attempt.timer = self.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                if self.clocked:
-                    attempt.started = clock.now()
                 awaited: object = NOT_CALLED
                 try:
                     if self.threaded:
@@ -375,21 +375,21 @@ class Guard:
             return -1
         return -1 if self.ignores(exc) else 0
 
-    async def _readmit(
+    def _readmit(
         self,
         attempt: Attempt,
         n: int,
         loop: asyncio.AbstractEventLoop,
         deadline: float | None,
-    ) -> None:
-        """Before the bulkhead: a new breaker permit for a retry, then the layers."""
+    ) -> float:
+        """Before the bulkhead: a new breaker permit for a retry, then the layers; the wait
+        a layer asked for (0.0: none). Synchronous: a layer costs no coroutine of its own."""
         if n > 1:
             attempt.renew()
-        if self.layers:
-            left = None if deadline is None else deadline - loop.time()
-            wait = attempt.pass_layers(self.clock.now(), left)
-            if wait > 0.0:
-                await self._layer_wait(attempt, wait, loop, deadline)
+        if not self.layers:
+            return 0.0
+        left = None if deadline is None else deadline - loop.time()
+        return attempt.pass_layers(self.clock.now(), left)
 
     def _failed(
         self,

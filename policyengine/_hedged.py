@@ -53,7 +53,7 @@ async def _attempt(
             await guard._layer_wait(attempt, wait, loop, deadline)
     slot = attempt.enter(loop)
     if slot is not None:
-        await attempt.wait_slot(slot, loop, deadline if guard.bounded_wait else None)
+        await attempt.wait_slot(slot, loop, deadline)
     when = deadline
     if guard.attempt_timeout is not None:
         end = loop.time() + guard.attempt_timeout
