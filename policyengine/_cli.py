@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from ._cli_rollout import add_parsers as add_rollout_parsers
 from ._explain import explain_text, explain_toml
 from ._loader import PolicySet, load_path
 from ._schema import SCHEMA_PATH, check_schema, render_schema
@@ -197,6 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default="policies/policies.toml", metavar="PATH")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(run=_init)
+
+    add_rollout_parsers(sub)  # simulate, suggest (_cli_rollout)
 
     p = sub.add_parser("demo", help="the live demo: a flaky service, guards, hot reload")
     p.add_argument("args", nargs="*", help="passed to the demo (see `policyengine demo --help`)")

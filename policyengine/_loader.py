@@ -22,11 +22,13 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from ._chaos import ChaosOptions, drill_issue
 from ._diagnostics import clean_loc, describe, without_typo_echoes
 from ._inherit import Doc, Node, leaves, merge_chain, resolve_chains
 from ._latency import schedule_warning
 from ._lines import KeyPath, dotted
 from ._models import Policy, PolicyFile, StateOptions
+from ._record import RecordOptions
 from .exceptions import PolicyIssue, PolicyValidationError
 
 __all__ = ["PolicySet", "load_path", "load_text", "state_issue"]
@@ -43,6 +45,7 @@ class PolicySet:
     version: str
     warnings: tuple[PolicyIssue, ...] = ()
     origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    record: RecordOptions | None = None  # top-level [record] (_record)
 
 
 _SECTIONS = ("templates", "policies")
@@ -77,6 +80,7 @@ class _Build:
         self.warnings: list[PolicyIssue] = []
         self.nodes: dict[str, dict[str, Node]] = {"templates": {}, "policies": {}}
         self.state: tuple[Doc, StateOptions] | None = None
+        self.record: RecordOptions | None = None
         self.seen: set[tuple[str, int | None, KeyPath, str]] = set()
 
     def top_level(self, doc: Doc) -> None:
@@ -103,6 +107,8 @@ class _Build:
                     )
                 else:
                     self.state = (doc, parsed.state)
+            if parsed.record is not None:  # [record]: one file of a directory should say it
+                self.record = parsed.record
         for section in _SECTIONS:
             self.gather(doc, section)
 
@@ -184,6 +190,8 @@ class _Build:
                 effective[node.name] = policy
                 origins.sources[node.name] = (data, owners)
                 self.check_schedule(node, policy, owners)
+                if policy.chaos is not None:
+                    self.check_drill(node, policy.chaos, owners)
         return {name: effective[name] for name in policies if name in effective}, origins
 
     def check_schedule(self, node: Node, policy: Policy, owners: dict[KeyPath, Node]) -> None:
@@ -195,6 +203,11 @@ class _Build:
             self.issues.append(_issue(node, owners, rel, message))
         else:
             self.warnings.append(_issue(node, owners, rel, message, "warning"))
+
+    def check_drill(self, node: Node, chaos: ChaosOptions, owners: dict[KeyPath, Node]) -> None:
+        severity, key, message = drill_issue(chaos, self.strict)
+        issue = _issue(node, owners, ("chaos", key) if key else ("chaos",), message, severity)
+        (self.issues if severity == "error" else self.warnings).append(issue)
 
 
 def _issue(
@@ -268,7 +281,9 @@ def _build(
         problems.sort(key=lambda i: (order.get(i.file, -1), i.line or 0))
         raise PolicyValidationError(problems)
     state = build.state[1] if build.state is not None else StateOptions()
-    return PolicySet(policies, state, tuple(sources), version, tuple(build.warnings), origins)
+    return PolicySet(
+        policies, state, tuple(sources), version, tuple(build.warnings), origins, build.record
+    )
 
 
 def _hash(*parts: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ._chaos import ChaosOptions
 from ._imports import resolve_handler
 from ._matcher_models import (
     ExceptionMatcher,
@@ -18,6 +19,8 @@ from ._matcher_models import (
     MatcherSpec,
     resolve_matchers,
 )
+from ._ramp import RampOptions
+from ._record import RecordOptions
 from ._units import Duration, Ratio, format_duration
 
 __all__ = [
@@ -265,6 +268,9 @@ class Policy(FrozenModel):
     breaker: BreakerOptions | None = None
     bulkhead: BulkheadOptions | None = None
     fallback: FallbackOptions | None = None
+    enforce: Ratio | None = Field(default=None, description="Share of calls enforced (_ramp).")
+    ramp: RampOptions | None = None
+    chaos: ChaosOptions | None = None
 
 
 class StateOptions(FrozenModel):
@@ -294,3 +300,4 @@ class PolicyFile(FrozenModel):
         default_factory=dict, description="Reusable partial policies; `default` is implicit."
     )
     policies: dict[str, Policy] = Field(default_factory=dict, description="Named guards.")
+    record: RecordOptions | None = None
