@@ -17,16 +17,19 @@ Parts:
   changes ``[record]`` swaps the writer under every guard at once, with no recompile.
 - `Recording`: the engine's switch: the writer in force, from ``[record]`` or `engine.record()`.
 
-A line: ``{"time": 1764842400.123456, "guard": "payments", "key": "eu", "attempt": 1,
-"duration": 0.0123, "outcome": "failure", "error": "builtins.ConnectionError", "status": 503}``
-(`time` is when the attempt ended, in Unix seconds; `key`, `attempt`, `error` and `status` are
-left out when unknown). Outcomes: success, failure (an exception, counted or ignored by the
+A line: ``{"time": 1764842400.123456, "guard": "payments", "key": "eu", "attempt": 1, "call":
+17, "duration": 0.0123, "outcome": "failure", "error": "builtins.ConnectionError", "status":
+503}`` (`time` is when the attempt ended, in Unix seconds; `call` numbers the calls of this
+process, so that retries are grouped with their call; `key`, `attempt`, `call`, `error` and
+`status` are left out when unknown). Outcomes: success, failure (an exception, counted or ignored by the
 breaker), timeout (the guard's deadline), rejected (refused before it ran). Cancelled attempts
 are not written: a cancellation says nothing about the dependency.
 """
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import json
 import os
 import random as _random
@@ -75,8 +78,15 @@ def _type_name(error: BaseException | None) -> str | None:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-# one queued entry: (end time on the engine clock, guard, key, attempt, duration, outcome, error)
-_Entry = tuple[float, str, "str | None", "int | None", float, str, "BaseException | None"]
+# one queued entry: (end time on the engine clock, guard, key, attempt, call, duration, outcome,
+# error)
+_Entry = tuple[
+    float, str, "str | None", "int | None", "int | None", float, str, "BaseException | None"
+]
+# Which call an attempt belongs to: a first attempt takes a new number, later attempts of the
+# same call (the same task or thread: a call's attempts never run in another context) read it.
+_CALL: contextvars.ContextVar[int] = contextvars.ContextVar("policyengine_record_call", default=0)
+_CALL_IDS = itertools.count(1)
 
 
 class TraceWriter:
@@ -141,12 +151,14 @@ class TraceWriter:
                 self._write(lines)
 
     def _line(self, entry: _Entry) -> str:
-        now, guard, key, attempt, duration, outcome, error = entry
+        now, guard, key, attempt, call, duration, outcome, error = entry
         record: dict[str, Any] = {"time": round(now + self._offset, 6), "guard": guard}
         if key is not None:
             record["key"] = key
         if attempt is not None:
             record["attempt"] = attempt
+        if call:
+            record["call"] = call
         record["duration"] = round(duration, 6)
         record["outcome"] = outcome
         if error is not None:
@@ -298,7 +310,8 @@ class Recorder:
         key: str | None = None,
     ) -> None:
         """`settle` with what the lifecycle may also know: the attempt's number in its call
-        (1 = first; `simulate` groups retries into calls with it) and the key of a keyed call."""
+        (1 = first; `simulate` groups retries into calls with it: the line gets a `call` number
+        too) and the key of a keyed call. Sampling is per attempt."""
         writer = self.recording.writer
         if writer is None:
             return
@@ -308,7 +321,13 @@ class Recorder:
         sample = writer.options.sample
         if sample < 1.0 and self._random() >= sample:
             return
-        writer.put((now, self.guard, key or self.key, attempt, duration, written, error))
+        call = None
+        if attempt == 1:
+            call = next(_CALL_IDS)
+            _CALL.set(call)
+        elif attempt is not None:
+            call = _CALL.get()
+        writer.put((now, self.guard, key or self.key, attempt, call, duration, written, error))
 
     def rejected(self, error: BaseException, now: float) -> None:
         """A call refused before any layer was asked (an open breaker at the door): `simulate`

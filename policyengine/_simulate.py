@@ -18,6 +18,8 @@ What a replay cannot reproduce (its tolerance, said in every report):
 - Load feedback: a dependency that would have recovered sooner with less traffic, or answered
   faster, is replayed as recorded. Calls start when they started live, whatever the edit.
 - Jitter draws random numbers, so retry timing differs from run to run by the jitter's spread.
+- Times are recorded to the microsecond, and events of one instant (a call arriving as the
+  breaker trips) may be replayed in another order than they happened.
 - A sampled trace (`sample < 1`) is a sample: counts scale, streaks (consecutive failures) are
   shorter than live.
 - State is in memory (no `[state]` backend) and a threads bulkhead runs as an async one with the

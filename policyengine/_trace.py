@@ -2,9 +2,10 @@
 `suggest`.
 
 A trace has one line per attempt. A call is its first attempt plus the retries that followed it:
-a line with ``"attempt": n`` (n > 1) joins the earliest call of the same guard and key whose last
-attempt was n - 1 and ended before this one started. Lines without `attempt` each start a call
-(a trace recorded without attempt numbers replays its retries as calls of their own).
+lines with the same `call` number (and guard) are one call. Without `call` (a trace written by
+something else), a line with ``"attempt": n`` (n > 1) joins the earliest call of the same guard
+and key whose last attempt was n - 1 and ended before this one started (a guess: a call that
+stopped retrying can take a later call's retry). Lines without `attempt` each start a call.
 
 A bad line is an error naming the file and line, not a silent skip: a replay of a partly read
 trace would look like a quieter service.
@@ -40,6 +41,7 @@ class Attempt:
     status: int | None = None
     key: str | None = None
     attempt: int | None = None
+    call: int | None = None
 
     @property
     def start(self) -> float:
@@ -60,7 +62,8 @@ class Call:
 
     @property
     def retries(self) -> int:
-        return sum(1 for a in self.attempts[1:] if a.outcome != "rejected")
+        """Attempts after the first, a refused one included (as the guard's metrics count)."""
+        return len(self.attempts) - 1
 
 
 def _number(value: object, name: str, where: str) -> float:
@@ -89,6 +92,7 @@ def _parse(line: str, where: str) -> Attempt:
     if attempt is not None and (not isinstance(attempt, int) or attempt < 1):
         raise TraceError(f"{where}: attempt must be a whole number from 1")
     status = data.get("status")
+    call = data.get("call")
     return Attempt(
         time=_number(data["time"], "time", where),
         guard=str(data["guard"]),
@@ -98,6 +102,7 @@ def _parse(line: str, where: str) -> Attempt:
         status=status if isinstance(status, int) and not isinstance(status, bool) else None,
         key=None if data.get("key") is None else str(data["key"]),
         attempt=attempt,
+        call=call if isinstance(call, int) and not isinstance(call, bool) else None,
     )
 
 
@@ -119,9 +124,17 @@ def group_calls(attempts: Iterable[Attempt]) -> list[Call]:
     ordered = sorted(attempts, key=lambda a: (a.start, a.time))
     calls: list[Call] = []
     waiting: dict[tuple[str, str | None, int], deque[Call]] = defaultdict(deque)
+    numbered: dict[tuple[str, int], Call] = {}
     for a in ordered:
         n = a.attempt or 1
         call = None
+        if a.call is not None:
+            call = numbered.get((a.guard, a.call))
+            if call is None:
+                call = numbered[(a.guard, a.call)] = Call(a.guard, a.key, a.start)
+                calls.append(call)
+            call.attempts.append(a)
+            continue
         if n > 1:
             queue = waiting.get((a.guard, a.key, n))
             while queue and call is None:
