@@ -21,9 +21,9 @@ A line: ``{"time": 1764842400.123456, "guard": "payments", "key": "eu", "attempt
 17, "duration": 0.0123, "outcome": "failure", "error": "builtins.ConnectionError", "status":
 503}`` (`time` is when the attempt ended, in Unix seconds; `call` numbers the calls of this
 process, so that retries are grouped with their call; `key`, `attempt`, `call`, `error` and
-`status` are left out when unknown). Outcomes: success, failure (an exception, counted or ignored by the
-breaker), timeout (the guard's deadline), rejected (refused before it ran). Cancelled attempts
-are not written: a cancellation says nothing about the dependency.
+`status` are left out when unknown). Outcomes: success, failure (an exception, counted or
+ignored by the breaker), timeout (the guard's deadline), rejected (refused before it ran).
+Cancelled attempts are not written: a cancellation says nothing about the dependency.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 import policyengine
 from policyengine._loader import load_text
-from policyengine._record import RecordOptions, Recorder, Recording, TraceWriter
+from policyengine._record import Recorder, Recording, RecordOptions, TraceWriter
 from policyengine._trace import TraceError, read_trace
 from policyengine.testing import FakeClock
 
