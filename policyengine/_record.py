@@ -236,13 +236,14 @@ class TraceWriter:
 class Recording:
     """The engine's switch: which writer is in force (None: not recording)."""
 
-    __slots__ = ("_clock", "_explicit", "options", "writer")
+    __slots__ = ("_clock", "_closed", "_explicit", "options", "writer")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self.writer: TraceWriter | None = None
         self.options: RecordOptions | None = None
         self._explicit = False  # engine.record() wins over the file's [record]
+        self._closed = False  # a closed engine starts no thread
 
     def apply(self, options: RecordOptions | None) -> bool:
         """A (re)load's ``[record]``: swap writers if it changed. True if anything changed."""
@@ -258,6 +259,8 @@ class Recording:
             self._swap(options)
 
     def _swap(self, options: RecordOptions | None) -> None:
+        if self._closed:
+            return
         old = self.writer
         self.writer = None if options is None else TraceWriter(options, self._clock)
         self.options = options
@@ -265,6 +268,7 @@ class Recording:
             old.close()  # flushes: nothing queued before the swap is lost
 
     def close(self) -> None:
+        self._closed = True
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.close()

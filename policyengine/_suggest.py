@@ -101,12 +101,15 @@ def _breaker_lines(section: str, real: list[Attempt]) -> list[str]:
     rates = [sum(w) / len(w) for w in windows]
     mean = statistics.fmean(rates)
     sd = statistics.pstdev(rates) if len(rates) > 1 else 0.0
+    rule = f"+ {SIGMAS:g} sd"
+    if mean + SIGMAS * sd < mean + 0.05:
+        rule = f"+ 5 points (more than {SIGMAS:g} sd)"
     rate = min(0.95, max(mean + SIGMAS * sd, mean + 0.05))
     rate = math.ceil(rate * 100 - 1e-9) / 100
     return [
         f"[{section}.breaker]",
         f"failure_rate = {rate}  # baseline {mean:.1%} +/- {sd:.1%} (mean and sd over "
-        f"{len(windows)} windows of {size} calls) + {SIGMAS:g} sd",
+        f"{len(windows)} windows of {size} calls) {rule}",
         f"window_size = {size}  # calls in a median minute ({median:g}/min over "
         f"{len(minutes)} minutes)",
         f"minimum_calls = {minimum}  # calls in 10s of the quietest tenth of minutes "

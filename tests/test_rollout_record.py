@@ -159,3 +159,24 @@ def test_a_bad_trace_line_is_an_error_naming_file_and_line(tmp_path: Path) -> No
     path.write_text('{"time": 1, "guard": "g", "duration": 0.1, "outcome": "fine"}\n')
     with pytest.raises(TraceError, match="outcome 'fine' is not one of"):
         read_trace(path)
+
+
+def test_engine_record_and_record_table_on_reload(tmp_path: Path, clock: FakeClock) -> None:
+    base = "[policies.g]\n"
+    engine = policyengine.loads(base, clock=clock, default=False)
+    assert engine.status()["record"] is None
+    table = f'[record]\npath = "{tmp_path / "a.jsonl"}"\nsample = 0.5\n'
+    engine.apply(load_text(table + base))  # a reload that adds [record]
+    writer = engine.recording.writer
+    assert writer is not None and engine.status()["record"]["sample"] == 0.5
+    engine.apply(load_text(table + base + "mode = 'observe'\n"))  # [record] unchanged
+    assert engine.recording.writer is writer
+    engine.record(tmp_path / "b.jsonl")  # the explicit call wins over the file
+    assert engine.status()["record"]["path"] == str(tmp_path / "b.jsonl")
+    engine.apply(load_text(base))  # the file drops [record]: the explicit one stays
+    assert engine.status()["record"]["path"] == str(tmp_path / "b.jsonl")
+    engine.record(None)
+    assert engine.status()["record"] is None
+    engine.close()
+    engine.record(tmp_path / "c.jsonl")  # a closed engine starts nothing
+    assert engine.recording.writer is None
