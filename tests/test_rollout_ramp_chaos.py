@@ -50,7 +50,7 @@ def test_ramp_options_are_policy_fields() -> None:
     ps = load_text('[policies.p]\nenforce = "10%"\nramp = { to = 1.0, over = "30m" }\n')
     policy = ps.policies["p"]
     assert policy.enforce == 0.1 and policy.ramp == RampOptions(to=1.0, over="30m")
-    with pytest.raises(policyengine.PolicyValidationError, match="policies.p.ramp.over"):
+    with pytest.raises(policyengine.PolicyValidationError, match=r"policies\.p\.ramp\.over"):
         load_text("[policies.p]\nenforce = 0.1\nramp = { to = 1.0, over = 30 }\n")
 
 
