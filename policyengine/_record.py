@@ -78,10 +78,10 @@ def _type_name(error: BaseException | None) -> str | None:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-# one queued entry: (end time on the engine clock, guard, key, attempt, call, duration, outcome,
-# error)
+# one queued entry: (end time on the engine clock, the recorder (guard and key), key of this
+# call, attempt, call, duration, outcome as the lifecycle said it, error)
 _Entry = tuple[
-    float, str, "str | None", "int | None", "int | None", float, str, "BaseException | None"
+    float, "Recorder", "str | None", "int | None", "int | None", float, str, "BaseException | None"
 ]
 # Which call an attempt belongs to: a first attempt takes a new number, later attempts of the
 # same call (the same task or thread: a call's attempts never run in another context) read it.
@@ -103,6 +103,7 @@ class TraceWriter:
         self.options = options
         self.path = Path(options.path)
         self._limit = options.queue
+        self.sample = options.sample
         self._queue: deque[_Entry] = deque()
         self.dropped = 0
         self.written = 0
@@ -146,13 +147,19 @@ class TraceWriter:
             queue = self._queue
             lines = []
             while queue:
-                lines.append(self._line(queue.popleft()))
+                line = self._line(queue.popleft())
+                if line is not None:
+                    lines.append(line)
             if lines:
                 self._write(lines)
 
-    def _line(self, entry: _Entry) -> str:
-        now, guard, key, attempt, call, duration, outcome, error = entry
-        record: dict[str, Any] = {"time": round(now + self._offset, 6), "guard": guard}
+    def _line(self, entry: _Entry) -> str | None:
+        now, recorder, key, attempt, call, duration, outcome, error = entry
+        written = _WRITTEN.get(outcome)
+        if written is None:
+            return None  # an outcome this format does not know (a newer lifecycle's)
+        record: dict[str, Any] = {"time": round(now + self._offset, 6), "guard": recorder.guard}
+        key = key or recorder.key
         if key is not None:
             record["key"] = key
         if attempt is not None:
@@ -160,7 +167,7 @@ class TraceWriter:
         if call:
             record["call"] = call
         record["duration"] = round(duration, 6)
-        record["outcome"] = outcome
+        record["outcome"] = written
         if error is not None:
             record["error"] = _type_name(error)
             status = status_of(error)
@@ -302,7 +309,18 @@ class Recorder:
     def settle(
         self, outcome: Outcome, error: BaseException | None, duration: float, now: float
     ) -> None:
-        self.record(outcome, error, duration, now)
+        # the hot path of recording: a few attribute reads and one deque append (the mapping
+        # of outcomes and the formatting happen on the writer's thread)
+        writer = self.recording.writer
+        if writer is None or outcome == "cancelled":
+            return
+        if writer.sample < 1.0 and self._random() >= writer.sample:
+            return
+        queue = writer._queue
+        if len(queue) >= writer._limit:
+            writer.dropped += 1  # (a lost increment under a race is a miscount of one, no harm)
+            return
+        queue.append((now, self, None, None, None, duration, outcome, error))
 
     def record(
         self,
@@ -319,11 +337,9 @@ class Recorder:
         writer = self.recording.writer
         if writer is None:
             return
-        written = _WRITTEN.get(outcome)
-        if written is None:
+        if outcome not in _WRITTEN:
             return  # cancelled: nothing learned about the dependency
-        sample = writer.options.sample
-        if sample < 1.0 and self._random() >= sample:
+        if writer.sample < 1.0 and self._random() >= writer.sample:
             return
         call = None
         if attempt == 1:
@@ -331,7 +347,7 @@ class Recorder:
             _CALL.set(call)
         elif attempt is not None:
             call = _CALL.get()
-        writer.put((now, self.guard, key or self.key, attempt, call, duration, written, error))
+        writer.put((now, self, key, attempt, call, duration, outcome, error))
 
     def rejected(self, error: BaseException, now: float) -> None:
         """A call refused before any layer was asked (an open breaker at the door): `simulate`

@@ -208,13 +208,14 @@ def replay(policy_set: PolicySet, calls: Iterable[Call]) -> dict[str, GuardRepor
     """Replay `calls` through `policy_set` on virtual time; a report per guard of the trace (a
     guard the policies do not name is replayed unguarded and reported as such: no policy)."""
     calls = sorted(calls, key=lambda c: c.start)
-    loop = VirtualLoop(calls[0].start if calls else 0.0)
+    origin = calls[0].start - 1.0 if calls else 0.0  # virtual time is trace time - origin
+    loop = VirtualLoop(1.0)
     engine = Engine(_for_replay(policy_set), clock=LoopClock(loop))
     trips = _Trips(loop)
     engine.add_listener(trips)
     reports: dict[str, GuardReport] = defaultdict(GuardReport)
     try:
-        run_virtual(loop, _drive(engine, calls, reports))
+        run_virtual(loop, _drive(engine, calls, reports, origin))
     finally:
         engine.close()
     trips.finish()
@@ -233,11 +234,13 @@ def replay(policy_set: PolicySet, calls: Iterable[Call]) -> dict[str, GuardRepor
     return dict(reports)
 
 
-async def _drive(engine: Engine, calls: list[Call], reports: dict[str, GuardReport]) -> None:
+async def _drive(
+    engine: Engine, calls: list[Call], reports: dict[str, GuardReport], origin: float
+) -> None:
     loop = asyncio.get_running_loop()
     tasks = []
     for call in calls:
-        wait = call.start - loop.time()
+        wait = call.start - origin - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
         tasks.append(loop.create_task(_one(engine, call, reports[call.guard])))
