@@ -37,8 +37,9 @@ class _TimeSelector(selectors.BaseSelector):
         loop = self._loop
         if timeout > 0:
             loop._now += timeout
-            if loop._scheduled:  # land on the timer itself, whatever the float rounding did
-                loop._now = max(loop._now, loop._scheduled[0]._when)
+            scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
+            if scheduled:  # land on the timer itself, whatever the float rounding did
+                loop._now = max(loop._now, scheduled[0].when())
         return []
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
