@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._engine import Engine
-from ._events import Event
+from ._events import Event, log_listener
 from ._imports import import_object
 from ._loader import PolicySet
 from ._models import Policy
@@ -212,6 +212,7 @@ def replay(policy_set: PolicySet, calls: Iterable[Call]) -> dict[str, GuardRepor
     loop = VirtualLoop(1.0)
     engine = Engine(_for_replay(policy_set), clock=LoopClock(loop))
     trips = _Trips(loop)
+    engine.remove_listener(log_listener)  # a replay's breakers are not the service's: no log
     engine.add_listener(trips)
     reports: dict[str, GuardReport] = defaultdict(GuardReport)
     try:
