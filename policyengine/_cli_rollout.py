@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._cli import add_import_option, import_paths
 from ._loader import PolicySet, load_path
 from ._simulate import TOLERANCE, GuardReport, recorded_report, replay
 from ._suggest import suggest
@@ -29,7 +30,7 @@ from ._trace import TraceError, group_calls, read_trace
 from ._units import format_duration, parse_duration
 from .exceptions import PolicyValidationError
 
-__all__ = ["Condition", "add_parsers", "parse_conditions"]
+__all__ = ["Condition", "add_parser", "parse_conditions"]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
@@ -105,9 +106,7 @@ def parse_conditions(texts: list[str]) -> list[Condition]:
 
 
 def _load(path: str, import_path: list[str]) -> PolicySet:
-    from ._cli import _import_paths  # (the command line imports this module)
-
-    with _import_paths(import_path):
+    with import_paths(import_path):
         return load_path(path)
 
 
@@ -199,8 +198,8 @@ def _suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any) -> None:
-    """Register `simulate` and `suggest` on the command line's subparsers."""
+def add_parser(sub: Any) -> None:
+    """Register `simulate` and `suggest` on the command line's subparsers (`COMMAND_MODULES`)."""
     p = sub.add_parser(
         "simulate",
         help="replay a recorded trace through policies (and --against the old ones)",
@@ -217,14 +216,7 @@ def add_parsers(sub: Any) -> None:
         metavar="EXPR",
         help='exit 1 if a condition holds for a guard, e.g. "trips>0" or "payments:p99>250ms"',
     )
-    p.add_argument(
-        "-I",
-        "--import-path",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="also import exception types and handlers from DIR (repeatable)",
-    )
+    add_import_option(p)
     p.set_defaults(run=_simulate)
     p = sub.add_parser("suggest", help="derive policy values from a recorded trace (prints TOML)")
     p.add_argument("trace", metavar="TRACE", help="a trace written by [record]")
