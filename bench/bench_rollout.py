@@ -29,7 +29,8 @@ from _common import POLICIES, ok, timed
 
 import policyengine
 from policyengine._loader import load_text
-from policyengine._record import Recorder, Recording, RecordOptions, TraceWriter
+from policyengine._record import RecordOptions, TraceWriter
+from policyengine._recorder import Recorder, Recording
 from policyengine._simulate import replay
 from policyengine._trace import Attempt, group_calls
 

@@ -12,10 +12,11 @@ Parts:
   formats each entry as JSON and appends to the file, rotating it at `max_bytes` (``path.1`` ...
   ``path.N``). A full queue drops the entry and counts it (`dropped`): recording never blocks a
   call, and never grows memory without bound. `close()` drains what is queued and stops.
-- `Recorder`: the `AttemptLayer` of one guard (and key). `admit` returns 0.0; `settle` samples
-  and enqueues. It reads its writer through a `Recording` at each attempt, so a reload that
-  changes ``[record]`` swaps the writer under every guard at once, with no recompile.
-- `Recording`: the engine's switch: the writer in force, from ``[record]`` or `engine.record()`.
+- `_recorder.Recorder`: the `AttemptLayer` of one guard (and key). `admit` returns 0.0;
+  `settle` samples and enqueues. It reads its writer through a `Recording` at each attempt, so a
+  reload that changes ``[record]`` swaps the writer under every guard at once, with no recompile.
+- `_recorder.Recording`: the engine's switch: the writer in force, from ``[record]`` or
+  `engine.record()`, and what gives guards their recorders.
 
 A line: ``{"time": 1764842400.123456, "guard": "payments", "key": "eu", "attempt": 1, "call":
 17, "duration": 0.0123, "outcome": "failure", "error": "builtins.ConnectionError", "status":
@@ -28,11 +29,8 @@ Cancelled attempts are not written: a cancellation says nothing about the depend
 
 from __future__ import annotations
 
-import contextvars
-import itertools
 import json
 import os
-import random as _random
 import threading
 import time
 from collections import deque
@@ -48,9 +46,8 @@ from ._units import Duration, Ratio
 
 if TYPE_CHECKING:
     from ._clock import Clock
-    from ._layer import Outcome
 
-__all__ = ["RecordOptions", "Recorder", "Recording", "TraceWriter"]
+__all__ = ["RecordOptions", "TraceWriter", "line_head", "written_outcome"]
 
 _WRITTEN = {"success": "success", "failure": "failure", "ignored": "failure"}
 _WRITTEN.update(timeout="timeout", rejected="rejected")
@@ -71,7 +68,7 @@ class RecordOptions(FrozenModel):
     flush_interval: Duration = Field(default=0.1, description="How often the queue is drained.")
 
 
-def _head(guard: str, key: str | None) -> str:
+def line_head(guard: str, key: str | None) -> str:
     """The guard (and key) of a trace line, as JSON members."""
     head = f'"guard":{json.dumps(guard)}'
     return head if key is None else f'{head},"key":{json.dumps(key)}'
@@ -87,12 +84,8 @@ def _type_name(error: BaseException | None) -> str | None:
 # one queued entry: (end time on the engine clock, the recorder (guard and key), key of this
 # call, attempt, call, duration, outcome as the lifecycle said it, error)
 _Entry = tuple[
-    float, "Recorder", "str | None", "int | None", "int | None", float, str, "BaseException | None"
+    float, Any, "str | None", "int | None", "int | None", float, str, "BaseException | None"
 ]
-# Which call an attempt belongs to: a first attempt takes a new number, later attempts of the
-# same call (the same task or thread: a call's attempts never run in another context) read it.
-_CALL: contextvars.ContextVar[int] = contextvars.ContextVar("policyengine_record_call", default=0)
-_CALL_IDS = itertools.count(1)
 
 
 class TraceWriter:
@@ -166,7 +159,7 @@ class TraceWriter:
             return None  # an outcome this format does not know (a newer lifecycle's)
         # formatted by hand, one f-string for the usual line: this thread shares the GIL with
         # the callers, so its cost per line is part of what recording costs
-        head = recorder._head if key is None else _head(recorder.guard, key)
+        head = recorder._head if key is None else line_head(recorder.guard, key)
         numbers = ""
         if attempt is not None:
             numbers = (
@@ -256,117 +249,6 @@ class TraceWriter:
         }
 
 
-class Recording:
-    """The engine's switch: which writer is in force (None: not recording)."""
-
-    __slots__ = ("_clock", "_closed", "_explicit", "options", "writer")
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self.writer: TraceWriter | None = None
-        self.options: RecordOptions | None = None
-        self._explicit = False  # engine.record() wins over the file's [record]
-        self._closed = False  # a closed engine starts no thread
-
-    def apply(self, options: RecordOptions | None) -> bool:
-        """A (re)load's ``[record]``: swap writers if it changed. True if anything changed."""
-        if self._explicit or options == self.options:
-            return False
-        self._swap(options)
-        return True
-
-    def start(self, options: RecordOptions | None) -> None:
-        """`engine.record(...)`: from now on this, whatever the file says (None: stop)."""
-        self._explicit = options is not None
-        if options != self.options:
-            self._swap(options)
-
-    def _swap(self, options: RecordOptions | None) -> None:
-        if self._closed:
-            return
-        old = self.writer
-        self.writer = None if options is None else TraceWriter(options, self._clock)
-        self.options = options
-        if old is not None:
-            old.close()  # flushes: nothing queued before the swap is lost
-
-    def close(self) -> None:
-        self._closed = True
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            writer.close()
-
-    def status(self) -> dict[str, Any] | None:
-        writer = self.writer
-        return None if writer is None else writer.status()
-
-
-class Recorder:
-    """One guard's recording layer (`policyengine._layer.AttemptLayer`)."""
-
-    __slots__ = ("_head", "_random", "guard", "key", "recording")
-
-    def __init__(
-        self,
-        recording: Recording,
-        guard: str,
-        key: str | None = None,
-        *,
-        random: Callable[[], float] = _random.random,
-    ) -> None:
-        self.recording = recording
-        self.guard = guard
-        self.key = key
-        self._random = random
-        self._head = _head(guard, key)
-
-    def admit(self, now: float) -> float:
-        return 0.0
-
-    def settle(
-        self, outcome: Outcome, error: BaseException | None, duration: float, now: float
-    ) -> None:
-        # the hot path of recording: a few attribute reads and one deque append (the mapping
-        # of outcomes and the formatting happen on the writer's thread)
-        writer = self.recording.writer
-        if writer is None or outcome == "cancelled":
-            return
-        if writer.sample < 1.0 and self._random() >= writer.sample:
-            return
-        queue = writer._queue
-        if len(queue) >= writer._limit:
-            writer.dropped += 1  # (a lost increment under a race is a miscount of one, no harm)
-            return
-        queue.append((now, self, None, None, None, duration, outcome, error))
-
-    def record(
-        self,
-        outcome: str,
-        error: BaseException | None,
-        duration: float,
-        now: float,
-        attempt: int | None = None,
-        key: str | None = None,
-    ) -> None:
-        """`settle` with what the lifecycle may also know: the attempt's number in its call
-        (1 = first; `simulate` groups retries into calls with it: the line gets a `call` number
-        too) and the key of a keyed call. Sampling is per attempt."""
-        writer = self.recording.writer
-        if writer is None:
-            return
-        if outcome not in _WRITTEN:
-            return  # cancelled: nothing learned about the dependency
-        if writer.sample < 1.0 and self._random() >= writer.sample:
-            return
-        call = None
-        if attempt == 1:
-            call = next(_CALL_IDS)
-            _CALL.set(call)
-        elif attempt is not None:
-            call = _CALL.get()
-        writer.put((now, self, key, attempt, call, duration, outcome, error))
-
-    def rejected(self, error: BaseException, now: float) -> None:
-        """A call refused before any layer was asked (an open breaker at the door): `simulate`
-        needs the demand, or a looser edit would be replayed against missing traffic."""
-        self.record("rejected", error, 0.0, now, 1)
+def written_outcome(outcome: str) -> bool:
+    """Whether an attempt's outcome goes into a trace (a cancellation does not)."""
+    return outcome in _WRITTEN

@@ -225,7 +225,8 @@ def replay(policy_set: PolicySet, calls: Iterable[Call]) -> dict[str, GuardRepor
         report.trips, report.time_open = trips.trips[name], trips.open[name]
         if guard is not None:
             snap = guard.metrics.snapshot()
-            report.rejected = {k: v for k, v in snap["rejections"].items() if v}
+            rejections: dict[str, int] = dict(snap["rejections"])  # type: ignore[arg-type]
+            report.rejected = {k: v for k, v in rejections.items() if v}
             report.retries, report.timeouts = snap["retries"], snap["timeouts"]
             report.fallbacks = snap["fallbacks"]
     for call in calls:

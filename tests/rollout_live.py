@@ -17,7 +17,8 @@ from typing import Any
 from policyengine._engine import Engine
 from policyengine._events import Event
 from policyengine._loader import load_text
-from policyengine._record import Recorder, Recording, RecordOptions, TraceWriter
+from policyengine._record import RecordOptions, TraceWriter
+from policyengine._recorder import Recorder, Recording
 from policyengine._vloop import LoopClock, VirtualLoop, run_virtual
 from policyengine.exceptions import RejectedError
 
@@ -88,4 +89,48 @@ def run_live(
     writer.close()
     metrics = {name: engine.guard(name).metrics() for name in engine.names()}
     engine.close()
+    return Live(dict(trips), metrics, writer)
+
+
+def run_wired(
+    text: str, behaviour: Behaviour, starts: list[float], path: Path, guard: str = "svc"
+) -> Live:
+    """The same service, recorded by the engine itself (`engine.record`): the recorder is a
+    layer of the guard, and the lifecycle calls it."""
+    loop = VirtualLoop(starts[0])
+    clock = LoopClock(loop)
+    engine = Engine(load_text(text), clock=clock)
+    trips: dict[str, int] = defaultdict(int)
+
+    def listen(event: Event) -> None:
+        if event.name == "state_change" and event.data.get("to") == "open":
+            trips[event.guard] += 1
+
+    engine.add_listener(listen)
+    engine.record(path)
+    writer = engine.recording.writer
+    assert writer is not None
+
+    async def dependency() -> None:
+        duration, outcome, kind = behaviour(loop.time())
+        await asyncio.sleep(duration if outcome != "hang" else 3600.0)
+        if outcome == "failure":
+            raise kind("down")
+
+    async def one() -> None:
+        try:
+            await engine.guard(guard).call(dependency)
+        except Exception:
+            pass
+
+    async def main() -> None:
+        tasks = []
+        for start in starts:
+            await asyncio.sleep(max(0.0, start - loop.time()))
+            tasks.append(loop.create_task(one()))
+        await asyncio.gather(*tasks)
+
+    run_virtual(loop, main())
+    metrics = {name: dict(engine.guard(name).metrics()) for name in engine.names()}
+    engine.close()  # flushes the trace
     return Live(dict(trips), metrics, writer)

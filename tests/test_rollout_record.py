@@ -10,7 +10,8 @@ import pytest
 
 import policyengine
 from policyengine._loader import load_text
-from policyengine._record import Recorder, Recording, RecordOptions, TraceWriter
+from policyengine._record import RecordOptions, TraceWriter
+from policyengine._recorder import Recorder, Recording
 from policyengine._trace import TraceError, read_trace
 from policyengine.testing import FakeClock
 
@@ -48,9 +49,10 @@ def test_a_line_per_attempt_with_what_is_known(tmp_path: Path, clock: FakeClock)
     assert [x["outcome"] for x in lines] == [
         "success", "failure", "timeout", "failure", "rejected",
     ]  # fmt: skip
+    assert isinstance(lines[0].pop("call"), int)  # numbers the calls of this process
     assert lines[0] == {
-        "time": 1_700_000_001.5, "guard": "payments", "key": "eu", "duration": 0.012,
-        "outcome": "success",
+        "time": 1_700_000_001.5, "guard": "payments", "key": "eu", "attempt": 1,
+        "duration": 0.012, "outcome": "success",
     }  # fmt: skip
     assert lines[1]["status"] == 503 and lines[1]["attempt"] == 2
     assert lines[1]["error"] == f"{__name__}.HTTPError"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from rollout_live import run_live
+from rollout_live import run_live, run_wired
 
 from policyengine._cli import main
 from policyengine._cli_rollout import parse_conditions
@@ -149,3 +149,20 @@ def test_fail_if_parses_a_small_grammar_only() -> None:
     for bad in ["__import__('os')", "trips>", "trip>0", "calls.x>0", "trips>0 and 1"]:
         with pytest.raises(ValueError, match="--fail-if"):
             parse_conditions([bad])
+
+
+def test_a_trace_recorded_by_the_engine_replays_to_the_same_trips(tmp_path: Path) -> None:
+    text = LIVE.format(jitter="none")
+    path = tmp_path / "wired.jsonl"
+    live = run_wired(text, outage, STARTS, path)
+    assert live.writer.dropped == 0
+    attempts = read_trace(path)
+    assert all(a.call is not None and a.attempt is not None for a in attempts)
+    assert any(a.attempt == 2 for a in attempts)  # retries are numbered...
+    calls = group_calls(attempts)
+    assert len(calls) == live.metrics["svc"]["calls"]  # ...and grouped with their call
+    report = replay(load_text(text), calls)["svc"]
+    assert live.trips["svc"] >= 3 and report.trips == live.trips["svc"]
+    assert report.rejected == {"circuit_open": live.metrics["svc"]["rejections"]["circuit_open"]}
+    assert report.successes == live.metrics["svc"]["successes"]
+    assert report.retries == live.metrics["svc"]["retries"]
