@@ -136,7 +136,10 @@ def drill_issue(
 class Chaos:
     """The runtime of one drill; thread-safe (immutable)."""
 
-    __slots__ = ("_error", "delay", "end", "fault_rate", "latency_rate", "message", "options")
+    __slots__ = (
+        "_error", "delay", "end", "fault_rate", "injected_delays", "injected_faults",
+        "latency_rate", "message", "options",
+    )  # fmt: skip
 
     def __init__(
         self, options: ChaosOptions, now: float, *, wall: Callable[[], float] = time.time
@@ -152,6 +155,10 @@ class Chaos:
         self.latency_rate = latency.rate if latency is not None else 0.0
         self.delay = latency.delay if latency is not None else 0.0
         self.message = "injected by a chaos drill"
+        # what it injected (metrics and events count it as `injected`); a lost increment
+        # under a race between threads is a miscount of one
+        self.injected_faults = 0
+        self.injected_delays = 0
 
     def active(self, now: float) -> bool:
         return now < self.end
@@ -165,8 +172,10 @@ class Chaos:
             error = self._error(self.message)
             # events and metrics count what a drill injected apart: the lifecycle reads this
             error.injected = True  # type: ignore[attr-defined]
+            self.injected_faults += 1
             return error
         if u2 < self.latency_rate:
+            self.injected_delays += 1
             return self.delay
         return None
 
@@ -175,10 +184,11 @@ class Chaos:
         fn: Callable[..., Any],
         clock: Any,
         random: Callable[[], float] = _random.random,
+        sync: bool | None = None,
     ) -> Callable[..., Any]:
-        """`fn` with this drill applied to each call (sync or async), on `clock`: what the
-        lifecycle does at each attempt, for a function called through a guard today."""
-        if inspect.iscoroutinefunction(fn):
+        """`fn` with this drill applied to each call, on `clock`: a blocking function (`sync`,
+        by default unless `fn` is a coroutine function) sleeps with `clock.sleep_sync`."""
+        if sync is False or (sync is None and inspect.iscoroutinefunction(fn)):
 
             @functools.wraps(fn)
             async def drilled(*args: Any, **kwargs: Any) -> Any:
@@ -187,7 +197,7 @@ class Chaos:
                     raise what
                 if what:
                     await clock.sleep(what)
-                return await fn(*args, **kwargs)
+                return await fn(*args, **kwargs)  # (whatever fn returns is awaited)
 
             return drilled
 

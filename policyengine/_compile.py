@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
+from ._drill import attach_drill
 from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
@@ -144,6 +145,7 @@ def _compile_one(
         budget=budget,
         fallback=fallback,
     )
+    attach_drill(guard, old)  # a chaos drill (_drill), if the policy has one
     return guard, change
 
 

@@ -150,3 +150,87 @@ def test_validate_warns_about_a_drill_and_errors_on_a_stale_or_far_one(
         load_text("[policies.pay.chaos]\nfault = { rate = 0.05 }\n")
     with pytest.raises(policyengine.PolicyValidationError, match="not an exception type"):
         load_text('[policies.pay.chaos]\nfor = "1m"\nfault = { rate = 0.1, error = "len" }\n')
+
+
+DRILLED = """
+[policies.pay.breaker]
+consecutive_failures = 3
+open_duration = "10s"
+[policies.pay.chaos]
+for = "1m"
+fault = { rate = 1.0, error = "ConnectionError" }
+"""
+
+
+async def test_a_drill_in_the_file_trips_the_breaker_and_ends_on_time() -> None:
+    clock = FakeClock()
+    engine = policyengine.loads(DRILLED, clock=clock, default=False)
+    pay = engine.guard("pay")
+    reached = []
+
+    async def charge() -> str:
+        reached.append(clock.now())
+        return "ok"
+
+    for _ in range(3):
+        with pytest.raises(ConnectionError, match="injected by a chaos drill") as info:
+            await pay.call(charge)
+        assert info.value.injected  # type: ignore[attr-defined]
+    assert pay.state == "open" and reached == []
+    clock.advance(30)
+    with pytest.raises(ConnectionError):  # a probe during the drill meets the drill too
+        await pay.call(charge)
+    clock.advance(30)  # the drill is over (no reload): the probe reaches the dependency
+    clock.advance(10)
+    assert await pay.call(charge) == "ok"
+    assert pay.state == "closed" and len(reached) == 1
+    engine.close()
+
+
+async def test_a_drill_runs_retries_and_serves_the_fallback() -> None:
+    text = """
+[policies.pay.retry]
+max_attempts = 3
+backoff = "constant"
+initial_delay = "10ms"
+[policies.pay.fallback]
+value = "cached"
+[policies.pay.chaos]
+for = "15m"
+fault = { rate = 0.05, error = "TimeoutError" }
+latency = { rate = 0.1, delay = "500ms" }
+"""
+    clock = FakeClock()
+    engine = policyengine.loads(text, clock=clock, default=False)
+    pay = engine.guard("pay")
+
+    async def charge() -> str:
+        return "ok"
+
+    results = [await pay.call(charge) for _ in range(10_000)]
+    metrics = pay.metrics()
+    # a fault on each of 3 attempts: 0.05^3 of calls fall back; 5% of attempts are retried
+    assert metrics["retries"] / 10_000 == pytest.approx(0.05 * 1.05, abs=0.01)
+    assert results.count("cached") <= 10
+    delays = [s for s in clock.sleeps if s == 0.5]
+    assert len(delays) / 10_000 == pytest.approx(0.1 * 0.95, abs=0.01)
+    engine.close()
+
+
+async def test_a_reload_that_keeps_the_drill_keeps_its_end(tmp_path: Path) -> None:
+    from policyengine._drill import drill_of
+
+    clock = FakeClock()
+    engine = policyengine.loads(DRILLED, clock=clock, default=False)
+    drill = drill_of(engine.guards["pay"])
+    assert drill is not None and drill.end == pytest.approx(clock.now() + 60)
+    clock.advance(20)
+    engine.apply(load_text(DRILLED.replace("open_duration = \"10s\"", "open_duration = \"5s\"")))
+    assert drill_of(engine.guards["pay"]) is drill  # not restarted by an unrelated edit
+    engine.apply(load_text(DRILLED.replace('for = "1m"', 'for = "2m"')))
+    again = drill_of(engine.guards["pay"])
+    assert again is not drill and again is not None
+    assert again.end == pytest.approx(clock.now() + 120)
+    engine.apply(load_text(DRILLED.split("[policies.pay.chaos]")[0]))
+    assert drill_of(engine.guards["pay"]) is None  # a drill removed: gone at once
+    engine.close()
