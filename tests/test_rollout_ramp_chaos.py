@@ -225,7 +225,7 @@ async def test_a_reload_that_keeps_the_drill_keeps_its_end(tmp_path: Path) -> No
     drill = drill_of(engine.guards["pay"])
     assert drill is not None and drill.end == pytest.approx(clock.now() + 60)
     clock.advance(20)
-    engine.apply(load_text(DRILLED.replace("open_duration = \"10s\"", "open_duration = \"5s\"")))
+    engine.apply(load_text(DRILLED.replace('open_duration = "10s"', 'open_duration = "5s"')))
     assert drill_of(engine.guards["pay"]) is drill  # not restarted by an unrelated edit
     engine.apply(load_text(DRILLED.replace('for = "1m"', 'for = "2m"')))
     again = drill_of(engine.guards["pay"])
