@@ -234,3 +234,63 @@ async def test_a_reload_that_keeps_the_drill_keeps_its_end(tmp_path: Path) -> No
     engine.apply(load_text(DRILLED.split("[policies.pay.chaos]")[0]))
     assert drill_of(engine.guards["pay"]) is None  # a drill removed: gone at once
     engine.close()
+
+
+RAMPED = """
+[policies.pay]
+enforce = 0.1
+ramp = { to = 1.0, over = "30m" }
+[policies.pay.breaker]
+force = "open"
+"""
+
+
+async def _refused_share(pay: policyengine.GuardHandle, n: int = 10_000) -> float:
+    async def charge() -> str:
+        return "ok"
+
+    refused = 0
+    for _ in range(n):
+        try:
+            await pay.call(charge)
+        except policyengine.CircuitOpenError:
+            refused += 1
+    return refused / n
+
+
+async def test_a_ramp_enforces_its_share_of_calls_end_to_end() -> None:
+    clock = FakeClock()
+    engine = policyengine.loads(RAMPED, clock=clock, default=False)
+    pay = engine.guard("pay")
+    assert await _refused_share(pay) == pytest.approx(0.1, abs=0.02)
+    # the other calls ran as observed: not refused, counted as would-be rejections
+    assert pay.metrics()["observed"]["would_reject"] == pytest.approx(9000, abs=200)
+    clock.advance(15 * 60)
+    assert await _refused_share(pay) == pytest.approx(0.55, abs=0.02)
+    # a reload that keeps enforce and ramp (another key changed) does not restart the ramp
+    engine.apply(load_text(RAMPED + 'open_duration = "5s"\n'))
+    assert await _refused_share(pay) == pytest.approx(0.55, abs=0.02)
+    engine.apply(load_text(RAMPED.replace("enforce = 0.1", "enforce = 0.2")))
+    assert await _refused_share(pay) == pytest.approx(0.2, abs=0.02)  # a new ramp starts
+    clock.advance(3600)
+    assert await _refused_share(pay, 1000) == 1.0
+    engine.close()
+
+
+async def test_observed_calls_feed_the_one_breaker() -> None:
+    text = "[policies.pay]\nenforce = 0.0\n[policies.pay.breaker]\nconsecutive_failures = 4\n"
+    clock = FakeClock()
+    engine = policyengine.loads(text, clock=clock, default=False)
+    pay = engine.guard("pay")
+
+    async def down() -> None:
+        raise ConnectionError("down")
+
+    for _ in range(4):  # every call observed: never refused, but each failure counts
+        with pytest.raises(ConnectionError):
+            await pay.call(down)
+    assert pay.state == "open"
+    with pytest.raises(ConnectionError):  # observed: let through to the dependency
+        await pay.call(down)
+    assert pay.metrics()["observed"]["would_reject"] == 1
+    engine.close()
