@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/bench_rollout.py [--quick]
 
-- recording: a guarded call (the `full` policy of `_common`) against the same call plus what the
-  lifecycle adds per attempt when recording: `Recorder.admit` and `Recorder.settle`, with the
-  trace writer's thread formatting and writing every line meanwhile (it shares the GIL, so its
-  work is part of the cost), and the caller's side alone (the queue drained between rounds,
-  untimed). Interleaved rounds; the ratio of medians. The target is at most 1.1x.
+- recording: a guarded call (the `full` policy of `_common`) in an engine that does not record,
+  against the same in engines that record every attempt (`engine.record`: the lifecycle calls the
+  guard's `Recorder` layer; the writer's thread formats and writes every line meanwhile, and it
+  shares the GIL, so its work is part of the cost), a tenth of them, and the caller's side
+  alone (the queue drained between rounds, untimed). Interleaved rounds; ratios of medians. The
+  target is at most 1.1x.
 - simulate: attempts replayed per second through the `full` policy (breaker, retries, timeouts,
   bulkhead all on the virtual-time loop), for a trace with an outage in it.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import sys
 import tempfile
@@ -29,75 +31,55 @@ from _common import POLICIES, ok, timed
 
 import policyengine
 from policyengine._loader import load_text
-from policyengine._record import RecordOptions, TraceWriter
-from policyengine._recorder import Recorder, Recording
 from policyengine._simulate import replay
 from policyengine._trace import Attempt, group_calls
 
 
-async def recording(rounds: int, n: int) -> tuple[float, float, float, float, int]:
-    engine = policyengine.loads(POLICIES, default=False)
-    full = engine.guard("full")
+async def recording(rounds: int, n: int) -> dict[str, float]:
+    """us/call of the same guard in engines recording nothing, everything, a tenth; and the
+    caller's side alone (a writer whose queue is drained between rounds, untimed)."""
     with tempfile.TemporaryDirectory() as tmp:
-        engine.record(Path(tmp) / "trace.jsonl")  # the writer and its thread, as in service
-        recorder = Recorder(engine.recording, "full")
-        clock = engine.clock
-        assert clock is not None
-
-        async def plain() -> object:
-            return await full.call(ok)
-
-        async def recorded() -> object:
-            # the layer's own cost: the lifecycle has `now` and the duration at hand already
-            recorder.admit(0.0)
-            result = await full.call(ok)
-            recorder.settle("success", None, 0.001, 0.0)
-            return result
-
-        # the caller's side alone: a writer whose queue is drained between rounds, untimed
-        idle = Recording(clock)
-        idle.writer = TraceWriter(
-            RecordOptions(path=str(Path(tmp) / "idle.jsonl"), queue=n + 1), clock, start=False
-        )
-        caller_side = Recorder(idle, "full")
-
-        async def settle_only() -> object:
-            caller_side.admit(0.0)
-            result = await full.call(ok)
-            caller_side.settle("success", None, 0.001, 0.0)
-            return result
-
-        sampled_recording = Recording(clock)
-        sampled_recording.start(RecordOptions(path=str(Path(tmp) / "s.jsonl"), sample=0.1))
-        sampled_recorder = Recorder(sampled_recording, "full")
-
-        async def sampled() -> object:
-            sampled_recorder.admit(0.0)
-            result = await full.call(ok)
-            sampled_recorder.settle("success", None, 0.001, 0.0)
-            return result
-
-        base, rec, alone, tenth = [], [], [], []
+        engines = {name: policyengine.loads(POLICIES, default=False) for name in _VARIANTS}
+        engines["recording"].record(Path(tmp) / "all.jsonl")
+        engines["sample = 0.1"].record(Path(tmp) / "tenth.jsonl", sample=0.1)
+        idle = engines["caller's side only"]
+        idle.record(Path(tmp) / "idle.jsonl")
+        assert idle.recording.writer is not None
+        idle.recording.writer.close()  # no thread: its queue is drained between rounds
+        idle.recording.writer._limit = n + 1
+        noop = engines["a no-op layer"].guards["full"]  # what any layer costs in the lifecycle
+        noop.layers = (*noop.layers, _Noop())
+        noop.clocked = True
+        guards = {name: engine.guard("full") for name, engine in engines.items()}
+        bodies = {name: functools.partial(guard.call, ok) for name, guard in guards.items()}
+        times: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(rounds):
-            base.append(await timed(plain, n))
-            rec.append(await timed(recorded, n))
-            await asyncio.to_thread(engine.recording.writer.flush)  # type: ignore[union-attr]
-            alone.append(await timed(settle_only, n))
-            idle.writer.flush()
-            tenth.append(await timed(sampled, n))
-            sampled_recording.writer.flush()  # type: ignore[union-attr]
-        sampled_recording.close()
-        writer = engine.recording.writer
-        assert writer is not None
-        engine.close()
-        idle.close()
-        return (
-            statistics.median(base),
-            statistics.median(rec),
-            statistics.median(alone),
-            statistics.median(tenth),
-            writer.dropped,
+            for name, body in bodies.items():
+                times[name].append(await timed(body, n))
+                writer = engines[name].recording.writer
+                if writer is not None:
+                    await asyncio.to_thread(writer.flush)
+        dropped = sum(
+            e.recording.writer.dropped for e in engines.values() if e.recording.writer is not None
         )
+        for engine in engines.values():
+            engine.close()
+    out = {name: statistics.median(values) for name, values in times.items()}
+    out["dropped"] = dropped
+    return out
+
+
+_VARIANTS = ("not recording", "a no-op layer", "recording", "caller's side only", "sample = 0.1")
+
+
+class _Noop:
+    __slots__ = ()
+
+    def admit(self, now: float) -> float:
+        return 0.0
+
+    def settle(self, outcome: str, error: object, duration: float, now: float) -> None:
+        pass
 
 
 def synthetic(n: int) -> list[Attempt]:
@@ -136,12 +118,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     rounds, n = (5, 2000) if args.quick else (15, 20_000)
-    base, rec, clocked, tenth, dropped = asyncio.run(recording(rounds, n))
-    print(f"guarded call             {base:7.2f} us/call")
-    print(f"guarded call + recording {rec:7.2f} us/call   ratio {rec / base:.3f}x (target <= 1.1)")
-    print(f"  caller's side only     {clocked:7.2f} us/call   ratio {clocked / base:.3f}x")
-    print(f"  sample = 0.1           {tenth:7.2f} us/call   ratio {tenth / base:.3f}x")
-    print(f"dropped by the writer    {dropped}")
+    figures = asyncio.run(recording(rounds, n))
+    base = figures["not recording"]
+    for name in _VARIANTS:
+        us = figures[name]
+        print(f"{name:<24} {us:7.2f} us/call   ratio {us / base:.3f}x")
+    print(f"(target <= 1.1x; lines dropped by the writers: {figures['dropped']:.0f})")
     attempts = 5_000 if args.quick else 50_000
     rate = simulate_rate(attempts, 3)
     print(f"simulate                 {rate:9.0f} attempts/s replayed ({attempts} attempts)")

@@ -166,14 +166,18 @@ class Recorder:
         if writer is None:
             return
         attempt = _NEXT.get()
-        if attempt == 1:
-            call = next(_CALL_IDS)
-            _CALL.set(call)
-        else:
+        if attempt != 1:  # a retry: its call's number, and the next attempt is a first again
             _NEXT.set(1)
             call = _CALL.get()
+        elif outcome == "success":
+            call = 0  # no retry follows: numbered below, only if written
+        else:  # a retry may follow: its settle reads the number from this context
+            call = next(_CALL_IDS)
+            _CALL.set(call)
         if outcome == "cancelled" or (writer.sample < 1.0 and self._random() >= writer.sample):
             return
+        if not call:
+            call = next(_CALL_IDS)
         queue = writer._queue
         if len(queue) >= writer._limit:
             writer.dropped += 1  # (a lost increment under a race is a miscount of one, no harm)
