@@ -166,18 +166,22 @@ class Recorder:
         if writer is None:
             return
         attempt = _NEXT.get()
-        if attempt != 1:  # a retry: its call's number, and the next attempt is a first again
+        if attempt != 1:  # a retry: its call's number (< 0: the call is not sampled)
             _NEXT.set(1)
             call = _CALL.get()
-        elif outcome == "success":
-            call = 0  # no retry follows: numbered below, only if written
-        else:  # a retry may follow: its settle reads the number from this context
+            if call < 0:
+                return
+        else:
+            # sampled per call, at its first attempt: a trace holds whole calls
+            if writer.sample < 1.0 and self._random() >= writer.sample:
+                if outcome != "success":
+                    _CALL.set(-1)  # a retry may follow: it is left out too
+                return
             call = next(_CALL_IDS)
-            _CALL.set(call)
-        if outcome == "cancelled" or (writer.sample < 1.0 and self._random() >= writer.sample):
+            if outcome != "success":  # a retry may follow: its settle reads the number here
+                _CALL.set(call)
+        if outcome == "cancelled":
             return
-        if not call:
-            call = next(_CALL_IDS)
         queue = writer._queue
         if len(queue) >= writer._limit:
             writer.dropped += 1  # (a lost increment under a race is a miscount of one, no harm)
@@ -195,21 +199,25 @@ class Recorder:
     ) -> None:
         """`settle` with what the lifecycle may also know: the attempt's number in its call
         (1 = first; `simulate` groups retries into calls with it: the line gets a `call` number
-        too) and the key of a keyed call. Sampling is per attempt."""
+        too) and the key of a keyed call. Sampled per call, as `settle`."""
         writer = self.recording.writer
         if writer is None:
             return
-        if not written_outcome(outcome):
-            return  # cancelled: nothing learned about the dependency
-        if writer.sample < 1.0 and self._random() >= writer.sample:
-            return
         call = None
-        if attempt == 1:
-            call = next(_CALL_IDS)
-            _CALL.set(call)
-        elif attempt is not None:
+        if attempt is not None and attempt > 1:
             _NEXT.set(1)
             call = _CALL.get()
+            if call < 0:
+                return
+        elif writer.sample < 1.0 and self._random() >= writer.sample:
+            if attempt is not None:
+                _CALL.set(-1)
+            return
+        elif attempt == 1:
+            call = next(_CALL_IDS)
+            _CALL.set(call)
+        if not written_outcome(outcome):
+            return  # cancelled: nothing learned about the dependency
         writer.put((now, self, key, attempt, call, duration, outcome, error))
 
     def rejected(self, error: BaseException, now: float) -> None:

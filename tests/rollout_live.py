@@ -93,7 +93,12 @@ def run_live(
 
 
 def run_wired(
-    text: str, behaviour: Behaviour, starts: list[float], path: Path, guard: str = "svc"
+    text: str,
+    behaviour: Behaviour,
+    starts: list[float],
+    path: Path,
+    guard: str = "svc",
+    sample: float = 1.0,
 ) -> Live:
     """The same service, recorded by the engine itself (`engine.record`): the recorder is a
     layer of the guard, and the lifecycle calls it."""
@@ -107,7 +112,7 @@ def run_wired(
             trips[event.guard] += 1
 
     engine.add_listener(listen)
-    engine.record(path)
+    engine.record(path, sample=sample)
     writer = engine.recording.writer
     assert writer is not None
 

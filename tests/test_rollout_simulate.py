@@ -166,3 +166,14 @@ def test_a_trace_recorded_by_the_engine_replays_to_the_same_trips(tmp_path: Path
     assert report.rejected == {"circuit_open": live.metrics["svc"]["rejections"]["circuit_open"]}
     assert report.successes == live.metrics["svc"]["successes"]
     assert report.retries == live.metrics["svc"]["retries"]
+
+
+def test_a_sampled_trace_holds_whole_calls(tmp_path: Path) -> None:
+    path = tmp_path / "sampled.jsonl"
+    live = run_wired(LIVE.format(jitter="none"), outage, STARTS, path, sample=0.3)
+    calls = group_calls(read_trace(path))
+    assert len(calls) / live.metrics["svc"]["calls"] == pytest.approx(0.3, abs=0.03)
+    retried = [c for c in calls if len(c.attempts) > 1]
+    assert retried  # the outage's retries are in the sample, with their first attempts
+    for call in calls:
+        assert [a.attempt for a in call.attempts] == list(range(1, len(call.attempts) + 1))
