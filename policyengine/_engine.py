@@ -367,6 +367,9 @@ class Engine:
             restarted.append(f"the watcher of {watcher.path}")
         if pools:
             restarted.append(f"{pools} thread pool(s), started again at their next call")
+        writer = self.recording.writer
+        if writer is not None and not self._closed and writer._after_fork():
+            restarted.append(f"the trace writer of {writer.path}")
         logger.log(
             logging.DEBUG if self._closed else logging.INFO,
             "policyengine: forked process %d (parent %d): %s; locks renewed",

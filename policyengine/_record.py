@@ -57,7 +57,7 @@ class RecordOptions(FrozenModel):
     """Attempt traces as JSON lines (`policyengine simulate` and `suggest` read them)."""
 
     path: str = Field(min_length=1, description="The trace file (JSON lines), appended to.")
-    sample: Ratio = Field(default=1.0, description="Share of attempts written.")
+    sample: Ratio = Field(default=1.0, description="Share of calls written (whole calls).")
     max_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, strict=True, description="Rotate past this size."
     )

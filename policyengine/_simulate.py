@@ -20,8 +20,8 @@ What a replay cannot reproduce (its tolerance, said in every report):
 - Jitter draws random numbers, so retry timing differs from run to run by the jitter's spread.
 - Times are recorded to the microsecond, and events of one instant (a call arriving as the
   breaker trips) may be replayed in another order than they happened.
-- A sampled trace (`sample < 1`) is a sample: counts scale, streaks (consecutive failures) are
-  shorter than live.
+- A sampled trace (`sample < 1`) holds whole calls, but fewer: counts scale down, and streaks
+  across calls (consecutive failures) and windows fill more slowly than live.
 - State is in memory (no `[state]` backend) and a threads bulkhead runs as an async one with the
   same limits; `[record]`, chaos drills and enforcement ramps are left out of a replay.
 """

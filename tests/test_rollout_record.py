@@ -182,3 +182,26 @@ def test_engine_record_and_record_table_on_reload(tmp_path: Path, clock: FakeClo
     engine.close()
     engine.record(tmp_path / "c.jsonl")  # a closed engine starts nothing
     assert engine.recording.writer is None
+
+
+def test_a_forked_child_writes_its_own_lines(tmp_path: Path) -> None:
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork on this platform")
+    from forking import run_in_child
+
+    engine = policyengine.loads("[policies.g]\n", default=False)
+    engine.record(tmp_path / "t.jsonl")
+
+    def child() -> dict[str, object]:
+        writer = engine.recording.writer
+        assert writer is not None and writer._thread is not None
+        alive = writer._thread.is_alive()  # the parent's thread is not in the child: a new one
+        writer.put((0.0, Recorder(engine.recording, "g"), None, 1, 1, 0.001, "success", None))
+        engine.close()
+        return {"alive": alive}
+
+    assert run_in_child(child) == {"alive": True}
+    engine.close()
+    assert (tmp_path / "t.jsonl").read_text().count('"guard":"g"') == 1
