@@ -89,6 +89,23 @@ class ChaosOptions(FrozenModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
+    @field_validator("until", mode="before")
+    @classmethod
+    def _zoned(cls, value: object) -> object:
+        when = value
+        if isinstance(value, str):
+            try:
+                when = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                return value  # pydantic says what is wrong with it
+        if isinstance(when, _dt.datetime) and when.tzinfo is None:
+            raise ValueError(
+                "`until` needs a zone, or the drill would end at a different time on every "
+                'machine: write it in UTC with a "Z" ("2026-12-04T12:00:00Z") or with an '
+                'offset ("2026-12-04T13:00:00+01:00")'
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_end(self) -> ChaosOptions:
         if (self.until is None) == (self.for_ is None):

@@ -294,3 +294,9 @@ async def test_observed_calls_feed_the_one_breaker() -> None:
         await pay.call(down)
     assert pay.metrics()["observed"]["would_reject"] == 1
     engine.close()
+
+
+def test_until_without_a_zone_says_how_to_write_one() -> None:
+    for until in ['"2026-12-04T12:00:00"', "2026-12-04T12:00:00"]:  # a string, a TOML datetime
+        with pytest.raises(policyengine.PolicyValidationError, match="`until` needs a zone"):
+            load_text(f"[policies.pay.chaos]\nuntil = {until}\nfault = {{ rate = 0.1 }}\n")
