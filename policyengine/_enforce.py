@@ -26,7 +26,7 @@ from .exceptions import CircuitOpenError
 if TYPE_CHECKING:
     from ._breaker import Breaker
 
-__all__ = ["ObservingBreaker", "Ramped", "attach_ramp", "ramp_of"]
+__all__ = ["ObservingBreaker", "Ramped", "attach_ramp", "ramp_of", "shadow_of"]
 
 _OBSERVED = -1  # the breaker's permit of an observe-mode call that enforcement would refuse
 
@@ -55,13 +55,14 @@ class ObservingBreaker:
 class Ramped:
     """The call entry of a ramped guard."""
 
-    __slots__ = ("_clock", "_enforced", "_inner", "_observed", "_random", "ramp")
+    __slots__ = ("_clock", "_enforced", "_inner", "_observed", "_random", "ramp", "shadow")
 
     def __init__(
         self, guard: Guard, shadow: Guard, ramp: Ramp, random: Callable[[], float]
     ) -> None:
         self.ramp = ramp
         self._inner = self._enforced = guard._first
+        self.shadow = shadow
         self._observed = shadow._first
         self._clock = guard.clock
         self._random = random
@@ -74,14 +75,26 @@ class Ramped:
         return self._observed(fn, args, kwargs)
 
 
-def ramp_of(guard: Guard | None) -> Ramp | None:
-    """The ramp of `guard`'s call entry (under a drill's, if any)."""
+def _ramped(guard: Guard | None) -> Ramped | None:
+    """`guard`'s Ramped call entry (under a drill's, if any)."""
     first = getattr(guard, "_first", None)
     while first is not None:
         if isinstance(first, Ramped):
-            return first.ramp
+            return first
         first = getattr(first, "_inner", None)
     return None
+
+
+def ramp_of(guard: Guard | None) -> Ramp | None:
+    """The ramp of `guard`, if it has one."""
+    ramped = _ramped(guard)
+    return None if ramped is None else ramped.ramp
+
+
+def shadow_of(guard: Guard | None) -> Guard | None:
+    """The observe-mode guard that runs `guard`'s observed calls, if it has a ramp."""
+    ramped = _ramped(guard)
+    return None if ramped is None else ramped.shadow
 
 
 def attach_ramp(

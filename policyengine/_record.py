@@ -173,6 +173,8 @@ class TraceWriter:
             return line + "}\n"
         status = status_of(error)
         tail = "" if status is None else f',"status":{status:d}'
+        if getattr(error, "injected", False):
+            tail += ',"injected":true'  # by a chaos drill (simulate replays it as recorded)
         return f'{line},"error":{json.dumps(_type_name(error))}{tail}}}\n'
 
     def _write(self, lines: list[str]) -> None:

@@ -17,6 +17,7 @@ import random as _random
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._enforce import shadow_of
 from ._record import RecordOptions, TraceWriter, line_head, written_outcome
 from .exceptions import BulkheadFullError, CircuitOpenError, RejectedError
 
@@ -83,12 +84,13 @@ class Recording:
         if self.writer is None:
             return
         for name, guard in guards.items():
-            if any(isinstance(layer, Recorder) for layer in guard.layers):
-                continue
             recorder = self._recorders.get(name) or Recorder(self, name)
             self._recorders[name] = recorder
-            guard.layers = (*guard.layers, recorder)
-            guard.clocked = True  # layers need each attempt's duration
+            for runtime in (guard, shadow_of(guard)):  # a ramp's observed calls too
+                if runtime is None or any(isinstance(x, Recorder) for x in runtime.layers):
+                    continue
+                runtime.layers = (*runtime.layers, recorder)
+                runtime.clocked = True  # layers need each attempt's duration
         if not self._listening and self.listeners is not None:
             self.listeners.add(self._on_event)
             self._listening = True

@@ -300,3 +300,23 @@ def test_until_without_a_zone_says_how_to_write_one() -> None:
     for until in ['"2026-12-04T12:00:00"', "2026-12-04T12:00:00"]:  # a string, a TOML datetime
         with pytest.raises(policyengine.PolicyValidationError, match="`until` needs a zone"):
             load_text(f"[policies.pay.chaos]\nuntil = {until}\nfault = {{ rate = 0.1 }}\n")
+
+
+async def test_observed_calls_and_injected_faults_are_recorded(tmp_path: Path) -> None:
+    import json
+
+    text = '[policies.pay]\nenforce = 0.0\n[policies.pay.chaos]\nfor = "1m"\n'
+    text += "fault = { rate = 1.0 }\n"
+    clock = FakeClock()
+    engine = policyengine.loads(text, clock=clock, default=False)
+    engine.record(tmp_path / "t.jsonl")
+
+    async def charge() -> str:
+        return "ok"
+
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            await engine.guard("pay").call(charge)
+    engine.close()
+    lines = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and all(x["injected"] and x["outcome"] == "failure" for x in lines)
