@@ -53,8 +53,10 @@ async def recording(rounds: int, n: int) -> dict[str, float]:
         guards = {name: engine.guard("full") for name, engine in engines.items()}
         bodies = {name: functools.partial(guard.call, ok) for name, guard in guards.items()}
         times: dict[str, list[float]] = {name: [] for name in engines}
-        for _ in range(rounds):
-            for name, body in bodies.items():
+        names = list(bodies)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # no order bias
+                body = bodies[name]
                 times[name].append(await timed(body, n))
                 writer = engines[name].recording.writer
                 if writer is not None:
