@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import random as _random
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,8 @@ class Recording:
     """The engine's switch: which writer is in force (None: not recording)."""
 
     __slots__ = (
-        "_clock", "_closed", "_explicit", "_listening", "_recorders", "listeners", "options",
-        "writer",
+        "_clock", "_closed", "_explicit", "_listening", "_lock", "_recorders", "listeners",
+        "options", "writer",
     )  # fmt: skip
 
     def __init__(self, clock: Clock, listeners: Listeners | None = None) -> None:
@@ -59,24 +60,27 @@ class Recording:
         self.options: RecordOptions | None = None
         self._explicit = False  # engine.record() wins over the file's [record]
         self._closed = False  # a closed engine starts no thread
+        self._lock = threading.Lock()  # a reload and engine.record() from another thread
 
     def apply(self, options: RecordOptions | None, guards: Mapping[str, Any] = {}) -> bool:
         """A (re)load's ``[record]``: swap writers if it changed, and give `guards` (the ones
         in force) their recorders while recording. True if the writer changed."""
-        changed = not self._explicit and options != self.options
-        if changed:
-            self._swap(options)
-        self.attach(guards)
+        with self._lock:
+            changed = not self._explicit and options != self.options
+            if changed:
+                self._swap(options)
+            self._attach(guards)
         return changed
 
     def start(self, options: RecordOptions | None, guards: Mapping[str, Any] = {}) -> None:
         """`engine.record(...)`: from now on this, whatever the file says (None: stop)."""
-        self._explicit = options is not None
-        if options != self.options:
-            self._swap(options)
-        self.attach(guards)
+        with self._lock:
+            self._explicit = options is not None
+            if options != self.options:
+                self._swap(options)
+            self._attach(guards)
 
-    def attach(self, guards: Mapping[str, Any]) -> None:
+    def _attach(self, guards: Mapping[str, Any]) -> None:
         """While recording: every guard gets a `Recorder` as its last layer (once; a recorder is
         never taken off a live guard: with no writer it returns at once). Appending at the end
         is safe under calls in flight: an attempt settles the layers it was admitted by, by
