@@ -77,7 +77,7 @@ _VARIANTS = ("not recording", "a no-op layer", "recording", "caller's side only"
 class _Noop:
     __slots__ = ()
 
-    def admit(self, now: float) -> float:
+    def admit(self, now: float, limit: float | None = None) -> float:
         return 0.0
 
     def settle(self, outcome: str, error: object, duration: float, now: float) -> None:

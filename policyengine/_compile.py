@@ -21,9 +21,11 @@ import functools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
+from ._admission import admission_layers
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
+from ._compile_layers import compile_adaptive, compile_hedge
 from ._drill import attach_drill
 from ._enforce import attach_ramp
 from ._events import Event, Listeners
@@ -116,11 +118,12 @@ def _compile_one(
         prev_b = old.bulkhead if old is not None else None
         if prev_b is not None and prev_b.kind == opts.kind:
             bulkhead = prev_b
-            commits.append(
-                functools.partial(prev_b.resize, opts.max_concurrent, opts.max_queue, opts.max_wait)
-            )
+            if opts.kind != "adaptive":  # an adaptive one is retuned by its layer
+                commits.append(
+                    functools.partial(prev_b.resize, opts.limit, opts.max_queue, opts.max_wait)
+                )
         else:
-            bulkhead = Bulkhead(name, opts.max_concurrent, opts.max_queue, opts.max_wait, opts.kind)
+            bulkhead = Bulkhead(name, opts.limit, opts.max_queue, opts.max_wait, opts.kind)
     retry = budget = None
     if policy.retry is not None:
         retry = RetryStrategy(policy.retry, clock)
@@ -134,6 +137,12 @@ def _compile_one(
             budget = old.budget if same and old is not None else None
             budget = budget or RetryBudget(policy.retry.budget, clock)
     fallback = Fallback(policy.fallback) if policy.fallback is not None else None
+    admission = admission_layers(
+        name, policy, old.layers if old is not None else (), clock, emit, commits,
+        getattr(make_breaker, "__self__", None),
+    )  # fmt: skip
+    layers = (*admission, *compile_adaptive(policy, old, bulkhead, commits))
+    hedge = compile_hedge(name, policy, old, clock, emit, metrics, commits)
     guard = Guard(
         name,
         policy,
@@ -145,6 +154,8 @@ def _compile_one(
         retry=retry,
         budget=budget,
         fallback=fallback,
+        layers=layers,
+        hedge=hedge,
     )
     attach_ramp(guard, old)  # enforce / ramp (_enforce), if the policy has them
     attach_drill(guard, old)  # a chaos drill (_drill), if the policy has one

@@ -160,7 +160,7 @@ class Recorder:
         self._random = random
         self._head = line_head(guard, key)
 
-    def admit(self, now: float) -> float:
+    def admit(self, now: float, limit: float | None = None) -> float:
         return 0.0
 
     def settle(

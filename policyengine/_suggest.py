@@ -13,7 +13,8 @@ written anywhere (the fragment goes to stdout). The rules, per guard:
   failures, not for an outage); `min_per_second` 5% of the median traffic (at least 1).
   `retry.max_delay` (the default exponential backoff needs a cap) is the suggested attempt
   timeout (at least the default 100 ms initial delay): no backoff outwaits an attempt.
-- hedge `delay`: the 95th percentile of successful attempts (a hedge for the slowest 5%).
+- hedge `delay`: the 95th percentile of successful attempts (a hedge for the slowest 5%), as a
+  comment: a hedge sends a second request, so only idempotent work may have one.
 
 Percentiles are nearest-rank over the recorded attempts (a sampled trace estimates them).
 """
@@ -25,7 +26,6 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from ._models import Policy
 from ._trace import Attempt
 from ._units import format_duration
 
@@ -83,10 +83,8 @@ def _guard_lines(name: str, attempts: list[Attempt]) -> list[str]:
     if ok:
         p95 = _ceil_duration(percentile(ok, 0.95))
         why = f"p95 of successful attempts: hedge the slowest 5% (p50 {_ms(percentile(ok, 0.5))})"
-        if "hedge" in Policy.model_fields:
-            lines += [f"[{section}.hedge]", f'delay = "{_ms(p95)}"  # {why}', ""]
-        else:
-            lines += [f'# [{section}.hedge] delay = "{_ms(p95)}"  # {why}', ""]
+        # commented out: a hedge sends a second request, for idempotent work only
+        lines += [f'# [{section}.hedge] delay = "{_ms(p95)}"  # {why}; idempotent calls only', ""]
     return lines
 
 
