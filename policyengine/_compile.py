@@ -26,6 +26,8 @@ from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
 from ._compile_layers import compile_adaptive, compile_hedge
+from ._drill import attach_drill
+from ._enforce import attach_ramp
 from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
@@ -155,6 +157,8 @@ def _compile_one(
         layers=layers,
         hedge=hedge,
     )
+    attach_ramp(guard, old)  # enforce / ramp (_enforce), if the policy has them
+    attach_drill(guard, old)  # a chaos drill (_drill), if the policy has one
     return guard, change
 
 

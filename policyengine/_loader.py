@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from ._chaos import ChaosOptions, drill_issue
 from ._diagnostics import clean_loc, describe, without_typo_echoes
 from ._files import (
     MAX_FILE_BYTES,
@@ -37,6 +38,7 @@ from ._inherit import Chain, Doc, Node, leaves, merge_chain, resolve_chains
 from ._latency import schedule_warning
 from ._lines import KeyPath, dotted
 from ._models import Policy, PolicyFile, StateOptions
+from ._record import RecordOptions
 from .exceptions import PolicyIssue, PolicyValidationError
 
 __all__ = ["PolicySet", "load_path", "load_text", "state_issue"]
@@ -55,6 +57,7 @@ class PolicySet:
     origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     allow_modules: tuple[str, ...] | None = None
     """The `allow_modules` this set was loaded with: a reload of its files passes it again."""
+    record: RecordOptions | None = None  # top-level [record] (_record)
 
 
 _SECTIONS = ("templates", "policies")
@@ -102,6 +105,7 @@ class _Build:
         self.warnings: list[PolicyIssue] = []
         self.nodes: dict[str, dict[str, Node]] = {"templates": {}, "policies": {}}
         self.state: tuple[Doc, StateOptions] | None = None
+        self.record: RecordOptions | None = None
         self.seen: set[tuple[str, int | None, KeyPath, str]] = set()
 
     def top_level(self, doc: Doc) -> None:
@@ -128,6 +132,8 @@ class _Build:
                     )
                 else:
                     self.state = (doc, parsed.state)
+            if parsed.record is not None:  # [record]: one file of a directory should say it
+                self.record = parsed.record
         for section in _SECTIONS:
             self.gather(doc, section)
 
@@ -211,6 +217,8 @@ class _Build:
                 self.check_schedule(node, policy, owners)
                 if policy.retry is not None:
                     self.warn(node, owners, ("retry", "max_delay"), policy.retry.delay_warning())
+                if policy.chaos is not None:
+                    self.check_drill(node, policy.chaos, owners)
         return {name: effective[name] for name in policies if name in effective}, origins
 
     def check_schedule(self, node: Node, policy: Policy, owners: dict[KeyPath, Node]) -> None:
@@ -226,6 +234,11 @@ class _Build:
             self.issues.append(_issue(node, owners, rel, message))
         else:
             self.warnings.append(_issue(node, owners, rel, message, "warning"))
+
+    def check_drill(self, node: Node, chaos: ChaosOptions, owners: dict[KeyPath, Node]) -> None:
+        severity, key, message = drill_issue(chaos, self.strict)
+        issue = _issue(node, owners, ("chaos", key) if key else ("chaos",), message, severity)
+        (self.issues if severity == "error" else self.warnings).append(issue)
 
     def check_not_empty(self, policies: Mapping[str, Policy], sources: list[str]) -> None:
         """A load with no policy at all (an empty or truncated file) is a warning."""
@@ -320,7 +333,9 @@ def _build(
     state = build.state[1] if build.state is not None else StateOptions()
     allow = build.context["allow_modules"]
     warnings = tuple(build.warnings)
-    return PolicySet(policies, state, tuple(sources), version, warnings, origins, allow)
+    return PolicySet(
+        policies, state, tuple(sources), version, warnings, origins, allow, build.record
+    )
 
 
 def _hash(*parts: str) -> str:
