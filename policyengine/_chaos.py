@@ -121,15 +121,24 @@ class ChaosOptions(FrozenModel):
 
 
 def drill_issue(
-    options: ChaosOptions, strict: bool, now: _dt.datetime | None = None
+    options: ChaosOptions,
+    strict: bool,
+    now: _dt.datetime | None = None,
+    *,
+    validating: bool = True,
 ) -> tuple[Literal["error", "warning"], str, str]:
-    """What `validate` says about a drill: (severity, key, message)."""
+    """What a load says about a drill: (severity, key, message).
+
+    A drill that has ended is an error for `validate` (CI should not merge a dead drill), but
+    only a warning for a running service's load or reload: it injects nothing, and an ended
+    drill left in the file must not stop the next edit (or a restart) from applying."""
     now = now or _dt.datetime.now(_dt.UTC)
     if options.until is not None:
         ahead = (options.until - now).total_seconds()
         when = options.until.isoformat().replace("+00:00", "Z")
         if ahead <= 0:
-            return "error", "until", f"this drill ended at {when}: remove the chaos section"
+            severity: Literal["error", "warning"] = "error" if validating or strict else "warning"
+            return severity, "until", f"this drill ended at {when}: remove the chaos section"
         if ahead > MAX_AHEAD:
             return (
                 "error",
@@ -202,6 +211,7 @@ class Chaos:
         clock: Any,
         random: Callable[[], float] = _random.random,
         sync: bool | None = None,
+        told: Callable[[str], None] | None = None,
     ) -> Callable[..., Any]:
         """`fn` with this drill applied to each call, on `clock`: a blocking function (`sync`,
         by default unless `fn` is a coroutine function) sleeps with `clock.sleep_sync`."""
@@ -210,6 +220,8 @@ class Chaos:
             @functools.wraps(fn)
             async def drilled(*args: Any, **kwargs: Any) -> Any:
                 what = self.draw(clock.now(), random(), random())
+                if what is not None and told is not None:
+                    told("fault" if isinstance(what, BaseException) else "delay")
                 if isinstance(what, BaseException):
                     raise what
                 if what:
@@ -221,6 +233,8 @@ class Chaos:
         @functools.wraps(fn)
         def drilled_sync(*args: Any, **kwargs: Any) -> Any:
             what = self.draw(clock.now(), random(), random())
+            if what is not None and told is not None:
+                told("fault" if isinstance(what, BaseException) else "delay")
             if isinstance(what, BaseException):
                 raise what
             if what:

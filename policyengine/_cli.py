@@ -66,7 +66,7 @@ def _github(issue: PolicyIssue) -> str:
 
 def _load(path: str, strict: bool) -> tuple[PolicySet | None, list[PolicyIssue]]:
     try:
-        ps = load_path(path, strict=strict)
+        ps = load_path(path, strict=strict, validating=True)
     except PolicyValidationError as exc:
         return None, exc.errors
     return ps, list(ps.warnings)

@@ -8,8 +8,9 @@ inside the attempt (its timeout and slow-call rules see it).
 
 `attach_drill(guard, old)` replaces the guard's call entry (`Guard._first`) by a `Drilled` that
 wraps the function while the drill runs; after its end a call costs one clock read more. A
-reload that keeps the drill keeps its end (`make_chaos`). `call_sync` and `async with` are not
-drilled (they bypass `_first`; see the report).
+reload that keeps the drill keeps its end (`make_chaos`). `call_sync` meets the drill through
+`Guard.sync_entry` (`Drilled.call_sync`); an `async with` block has no function to wrap and is
+not drilled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._chaos import Chaos, make_chaos
+from ._events import Event
+from ._sync import plain_sync
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -30,13 +33,15 @@ class Drilled:
     """The call entry of a drilled guard: the drill's wrapper around the function, then the
     guard's own entry."""
 
-    __slots__ = ("_clock", "_inner", "_random", "_sync", "chaos")
+    __slots__ = ("_clock", "_guard", "_inner", "_inner_sync", "_random", "_sync", "chaos")
 
     def __init__(
         self, guard: Guard, chaos: Chaos, random: Callable[[], float] = _random.random
     ) -> None:
         self.chaos = chaos
+        self._guard = guard
         self._inner = guard._first
+        self._inner_sync = guard.sync_entry  # a ramp's, if the guard has one
         self._clock = guard.clock
         self._sync = guard.threaded  # a threads bulkhead runs `fn` (blocking) in its pool
         self._random = random
@@ -46,8 +51,26 @@ class Drilled:
     ) -> Any:
         chaos = self.chaos
         if chaos.end > self._clock.now():
-            fn = chaos.wrap(fn, self._clock, self._random, sync=self._sync)
+            fn = chaos.wrap(fn, self._clock, self._random, sync=self._sync, told=self._told)
         return self._inner(fn, args, kwargs)
+
+    def call_sync(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """`call_sync`'s entry: the blocking function meets the drill in each attempt."""
+        chaos = self.chaos
+        if chaos.end > self._clock.now():
+            fn = chaos.wrap(fn, self._clock, self._random, sync=True, told=self._told)
+        if self._inner_sync is not None:
+            return self._inner_sync(fn, args, kwargs)
+        return plain_sync(self._guard, fn, args, kwargs)
+
+    def _told(self, kind: str) -> None:
+        """The drill injected a `kind` ("fault" or "delay"): counted and announced."""
+        guard = self._guard
+        guard.metrics.count("injected")
+        if guard.emit.hot:
+            guard.emit(Event("injected", guard.name, {"kind": kind}))
 
 
 def drill_of(guard: Guard | None) -> Chaos | None:
@@ -65,4 +88,6 @@ def attach_drill(
         return
     chaos = make_chaos(options, guard.clock.now(), drill_of(old))
     if chaos is not None:
-        guard._first = Drilled(guard, chaos, random)
+        drilled = Drilled(guard, chaos, random)
+        guard._first = drilled
+        guard.sync_entry = drilled.call_sync

@@ -9,7 +9,7 @@ The shadow shares everything with the guard (metrics, bulkhead, budget, layers) 
 breaker through `ObservingBreaker`: outcomes of observed calls feed the same breaker, so it
 judges all the traffic, but an observed call it would refuse is let through and counted as
 `would_reject` instead. A reload that keeps `enforce` and `ramp` keeps the ramp's start.
-`call_sync` and `async with` are always enforced (they bypass `_first`; see the report).
+`call_sync` draws the same way (`Guard.sync_entry`); an `async with` block is always enforced.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ._events import Event
 from ._guard import Guard
 from ._ramp import Ramp, make_ramp
+from ._sync import plain_sync
 from .exceptions import CircuitOpenError
 
 if TYPE_CHECKING:
@@ -55,12 +56,15 @@ class ObservingBreaker:
 class Ramped:
     """The call entry of a ramped guard."""
 
-    __slots__ = ("_clock", "_enforced", "_inner", "_observed", "_random", "ramp", "shadow")
+    __slots__ = (
+        "_clock", "_enforced", "_guard", "_inner", "_observed", "_random", "ramp", "shadow",
+    )  # fmt: skip
 
     def __init__(
         self, guard: Guard, shadow: Guard, ramp: Ramp, random: Callable[[], float]
     ) -> None:
         self.ramp = ramp
+        self._guard = guard
         self._inner = self._enforced = guard._first
         self.shadow = shadow
         self._observed = shadow._first
@@ -73,6 +77,14 @@ class Ramped:
         if self.ramp.enforced(self._clock.now(), self._random()):
             return self._enforced(fn, args, kwargs)
         return self._observed(fn, args, kwargs)
+
+    def call_sync(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """`call_sync`'s entry: the same draw; an observed call runs as in observe mode."""
+        if self.ramp.enforced(self._clock.now(), self._random()):
+            return plain_sync(self._guard, fn, args, kwargs)
+        return plain_sync(self.shadow, fn, args, kwargs)
 
 
 def _ramped(guard: Guard | None) -> Ramped | None:
@@ -122,5 +134,7 @@ def attach_ramp(
         fallback=guard.fallback,
         layers=guard.layers,
     )
-    guard._first = Ramped(guard, shadow, ramp, random)
+    ramped = Ramped(guard, shadow, ramp, random)
+    guard._first = ramped
+    guard.sync_entry = ramped.call_sync
     guard.door = None  # the handle's open-circuit shortcut would refuse observed calls too

@@ -101,6 +101,7 @@ class _Build:
     ) -> None:
         self.issues = issues
         self.strict = strict
+        self.validating = False  # `policyengine validate`: an ended drill is an error
         self.context = {"allow_modules": allow_modules}
         self.warnings: list[PolicyIssue] = []
         self.nodes: dict[str, dict[str, Node]] = {"templates": {}, "policies": {}}
@@ -236,7 +237,7 @@ class _Build:
             self.warnings.append(_issue(node, owners, rel, message, "warning"))
 
     def check_drill(self, node: Node, chaos: ChaosOptions, owners: dict[KeyPath, Node]) -> None:
-        severity, key, message = drill_issue(chaos, self.strict)
+        severity, key, message = drill_issue(chaos, self.strict, validating=self.validating)
         issue = _issue(node, owners, ("chaos", key) if key else ("chaos",), message, severity)
         (self.issues if severity == "error" else self.warnings).append(issue)
 
@@ -309,6 +310,7 @@ def _build(
     version: str,
     strict: bool,
     allow_modules: Iterable[str] | None = None,
+    validating: bool = False,
 ) -> PolicySet:
     sources = []
     docs = []
@@ -321,6 +323,7 @@ def _build(
         else:
             docs.append(doc)
     build = _Build(issues, strict, None if allow_modules is None else tuple(allow_modules))
+    build.validating = validating
     for doc in docs:
         build.top_level(doc)
     policies, origins = build.resolve(parse_failed)
@@ -367,9 +370,11 @@ def load_path(
     *,
     strict: bool = False,
     allow_modules: Iterable[str] | None = None,
+    validating: bool = False,
 ) -> PolicySet:
     """Validate a file, or every ``*.toml`` in a directory (merged into one namespace); what is
-    read is bounded (see `_files`). `allow_modules` as for `load_text`."""
+    read is bounded (see `_files`). `allow_modules` as for `load_text`; `validating` for the
+    `validate` command (an ended chaos drill is then an error, not a warning)."""
     p = Path(path)
     issues: list[PolicyIssue] = []
     texts = read_all(files_of(p), issues)
@@ -377,7 +382,7 @@ def load_path(
         version = _hash(*(part for name, text in texts for part in (Path(name).name, text)))
     else:
         version = _hash(texts[0][1]) if texts else _hash("")
-    return _build(texts, issues, version, strict, allow_modules)
+    return _build(texts, issues, version, strict, allow_modules, validating)
 
 
 def state_issue(policy_set: PolicySet, exc: Exception) -> PolicyIssue:

@@ -3,6 +3,7 @@ time on a fake clock, and what `validate` says about a drill."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 from pathlib import Path
@@ -150,6 +151,33 @@ def test_validate_warns_about_a_drill_and_errors_on_a_stale_or_far_one(
         load_text("[policies.pay.chaos]\nfault = { rate = 0.05 }\n")
     with pytest.raises(policyengine.PolicyValidationError, match="not an exception type"):
         load_text('[policies.pay.chaos]\nfor = "1m"\nfault = { rate = 0.1, error = "len" }\n')
+
+
+def test_an_ended_drill_left_in_the_file_does_not_stop_a_load_or_reload(tmp_path: Path) -> None:
+    """validate refuses it, but a service that restarts (or reloads another edit) with an
+    ended drill still in its file must load: the drill injects nothing, a warning says so."""
+    path = tmp_path / "p.toml"
+    path.write_text('[policies.pay.retry]\nmax_attempts = 2\nbackoff = "constant"\n')
+    engine = policyengine.load(path, default=False)
+    try:
+        path.write_text(
+            '[policies.pay.retry]\nmax_attempts = 3\nbackoff = "constant"\n'
+            f'[policies.pay.chaos]\nuntil = "{_in(-1)}"\nfault = {{ rate = 1.0 }}\n'
+        )
+        assert engine.reload()
+        assert engine.guards["pay"].max_attempts == 3
+        assert engine.status()["last_error"] is None
+
+        async def ok() -> str:
+            return "ok"
+
+        for _ in range(20):  # a live drill at rate 1.0 would fail every attempt
+            assert asyncio.run(engine.guard("pay").call(ok)) == "ok"
+        again = policyengine.load(path, default=False)  # a restart
+        again.close()
+    finally:
+        engine.close()
+    assert main(["validate", str(path)]) == 1
 
 
 DRILLED = """
@@ -321,3 +349,48 @@ async def test_observed_calls_and_injected_faults_are_recorded(tmp_path: Path) -
     engine.close()
     lines = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert len(lines) == 5 and all(x["injected"] and x["outcome"] == "failure" for x in lines)
+
+
+def test_call_sync_meets_the_ramp_and_the_drill_too() -> None:
+    """Blocking calls bypass `call`'s entry; they met neither ramps nor drills before."""
+    clock = FakeClock()
+    engine = policyengine.loads(RAMPED, clock=clock, default=False)
+    pay = engine.guard("pay")
+    refused = 0
+    for _ in range(10_000):
+        try:
+            pay.call_sync(lambda: "ok")
+        except policyengine.CircuitOpenError:
+            refused += 1
+    assert refused / 10_000 == pytest.approx(0.1, abs=0.02)
+    engine.close()
+
+    engine = policyengine.loads(DRILLED, clock=clock, default=False)
+    pay = engine.guard("pay")
+    events: list[policyengine.Event] = []
+    engine.add_listener(events.append)
+    for _ in range(3):  # rate 1.0: every attempt fails as if the dependency did
+        with pytest.raises(ConnectionError, match="chaos drill"):
+            pay.call_sync(lambda: "ok")
+    assert pay.state == "open"  # the breaker tripped on injected faults
+    m = pay.metrics()
+    assert (m["injected"], m["failures"]) == (3, 3)
+    assert [e.data for e in events if e.name == "injected"] == [{"kind": "fault"}] * 3
+    clock.advance(120)  # past the drill's end (for = "1m") and the open period
+    assert pay.call_sync(lambda: "ok") == "ok"
+    engine.close()
+
+
+async def test_injected_faults_are_counted_in_metrics() -> None:
+    clock = FakeClock()
+    engine = policyengine.loads(DRILLED, clock=clock, default=False)
+    pay = engine.guard("pay")
+
+    async def ok() -> str:
+        return "ok"
+
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            await pay.call(ok)
+    assert pay.metrics()["injected"] == 3
+    engine.close()
