@@ -43,6 +43,8 @@ class PolicySet:
     version: str
     warnings: tuple[PolicyIssue, ...] = ()
     origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # the document `[state]` was written in (None: no [state]), to point at its lines later
+    state_doc: Doc | None = field(default=None, compare=False, repr=False)
 
 
 _SECTIONS = ("templates", "policies")
@@ -268,7 +270,10 @@ def _build(
         problems.sort(key=lambda i: (order.get(i.file, -1), i.line or 0))
         raise PolicyValidationError(problems)
     state = build.state[1] if build.state is not None else StateOptions()
-    return PolicySet(policies, state, tuple(sources), version, tuple(build.warnings), origins)
+    state_doc = build.state[0] if build.state is not None else None
+    return PolicySet(
+        policies, state, tuple(sources), version, tuple(build.warnings), origins, state_doc
+    )
 
 
 def _hash(*parts: str) -> str:

@@ -180,7 +180,7 @@ def test_locks_held_by_another_thread_at_the_fork_do_not_deadlock_the_child(
         guard._budget._lock,
         engine._lock,
         engine._reload_lock,
-        _default._lock,
+        _default._slot.lock,
     ]
     held, release = threading.Event(), threading.Event()
 

@@ -1,0 +1,190 @@
+"""Reloads of an engine bound to an asyncio loop: read and compiled off the loop, swapped on it.
+
+Why not a thread that reloads by itself: a thread needs the GIL to run, and a busy event loop
+releases and re-takes it about every microsecond (each `epoll_wait`, each socket call). A thread
+woken on the other CPU loses that race again and again, and CPython only forces a hand-over when
+the holder kept the GIL a whole switch interval (5 ms) without releasing it, which a busy loop
+never does. Each system call of the reload (stat, open, read, close...) is one more such race:
+measured, a 0.3 ms reload took up to seconds to land under load.
+
+So the loop itself drives each reload, in three steps, and no step blocks it for long:
+
+1. a worker thread is started to read, validate and compile the set aside (`Engine._look`);
+2. the loop *lends* it the GIL: a loop callback waits on the worker's done event for at most
+   `SLICE` seconds, which releases the GIL with no other thread of ours racing for it, then
+   gives the loop back its turn (`call_soon`) and lends again, until the worker is done. A small
+   set is done within the first slice (one hand-off there, one back); a large one gets every
+   other loop turn, and a loop step lasts at most `SLICE` plus one switch interval (under 20 ms);
+3. on the loop, the staged set is committed: in-place updates and the one swap (`_commit`).
+
+`Engine.reload()` from another thread posts a request with `call_soon_threadsafe` and waits on a
+`threading.Event`; the loop runs it like a watcher's look, so it lands in milliseconds however
+busy the loop is. Requests that arrive while a look is under way are served by one more look
+after it (the files may have changed after the first read began).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._staging import Staged
+from .exceptions import PolicyValidationError
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+__all__ = ["SLICE", "LoopRunner"]
+
+logger = logging.getLogger("policyengine")
+
+SLICE = 0.004  # seconds the loop lends the GIL to the worker at a time
+
+Done = Callable[[bool], None]
+Outcome = Staged | PolicyValidationError | None
+
+
+class _Look:
+    """One read-and-compile in a worker thread."""
+
+    __slots__ = ("done", "outcome", "settle")
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self.done = threading.Event()
+        self.outcome: Outcome = None
+
+
+class LoopRunner:
+    """Runs `engine`'s reloads on `loop` (see the module docstring). Loop-thread methods are
+    marked so; the rest may be called from any thread."""
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.loop = loop
+        self.looks = 0  # reads done by this runner
+        self.max_step = 0.0  # the longest time one of our loop steps took (seconds)
+        self._busy = False
+        self._queued: list[tuple[float, Done | None]] = []  # requests for the next look
+        self._serving: list[Done] = []  # callbacks of the look under way
+
+    # -------------------------------------------------------------- any thread
+    def on_loop_thread(self) -> bool:
+        return asyncio._get_running_loop() is self.loop
+
+    def takes_calls_from_here(self) -> bool:
+        """Should a `reload()` from this thread be handed to the loop? (It runs, and this is
+        another thread: handing over is both possible and needed.)"""
+        return self.loop.is_running() and not self.loop.is_closed() and not self.on_loop_thread()
+
+    def reload_from_thread(self, settle: float) -> bool:
+        """`Engine.reload()` from another thread: done on the loop; waits for it."""
+        done = threading.Event()
+        result = [False]
+
+        def finished(applied: bool) -> None:
+            result[0] = applied
+            done.set()
+
+        try:
+            self.loop.call_soon_threadsafe(self.request, settle, finished)
+        except RuntimeError:  # the loop closed meanwhile: reload here
+            return self._reload_here(settle)
+        while not done.wait(0.05):
+            if not self.loop.is_running() or self.loop.is_closed():
+                return self._reload_here(settle)  # the loop stopped before serving us
+        return result[0]
+
+    def _reload_here(self, settle: float) -> bool:
+        engine = self.engine
+        with engine._reload_lock:
+            outcome = engine._look()
+            return engine._conclude(outcome)
+
+    # --------------------------------------------------------------- loop thread
+    def request(self, settle: float = 0.0, done: Done | None = None) -> None:
+        """(Loop thread.) Look at the files now, or right after the look under way."""
+        self._queued.append((settle, done))
+        if not self._busy:
+            self._start()
+
+    def _start(self) -> None:
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        self._busy = True
+        self._serving = [done for _, done in queued if done is not None]
+        look = _Look(max(settle for settle, _ in queued))
+        self.looks += 1
+        worker = threading.Thread(
+            target=self._work, args=(look,), name="policyengine-reload", daemon=True
+        )
+        started = self.loop.time()
+        worker.start()
+        self._lend(look, started)
+
+    def _work(self, look: _Look) -> None:
+        """(Worker thread.) Never raises: `_look` reports every failure as an outcome."""
+        try:
+            look.outcome = self.engine._look()
+        except BaseException as exc:  # a worker hands back whatever happened
+            from ._staging import read_failure
+
+            look.outcome = read_failure(self.engine.path, exc)
+        finally:
+            look.done.set()
+
+    def _lend(self, look: _Look, started: float | None = None) -> None:
+        """(Loop thread.) Let the worker run for up to one slice; then finish or come back."""
+        began = self.loop.time() if started is None else started
+        finished = look.done.wait(SLICE)
+        self._note_step(began)
+        if finished:
+            self._finish(look)
+        else:
+            self.loop.call_soon(self._lend, look)
+
+    def _finish(self, look: _Look) -> None:
+        """(Loop thread.) Settle a torn read, or commit / report; then serve what queued."""
+        began = self.loop.time()
+        engine = self.engine
+        applied = False
+        try:
+            outcome = look.outcome
+            if look.settle > 0 and engine._looks_torn(outcome):
+                engine._discard(outcome)
+                self.loop.call_later(look.settle, self._settled)
+                return
+            applied = engine._conclude(outcome)
+        except Exception:
+            logger.exception("policyengine: a reload of %s failed unexpectedly", engine.path)
+        self._note_step(began)
+        self._served(applied)
+
+    def _settled(self) -> None:
+        """(Loop thread.) The second look after a torn read: judged as it is."""
+        look = _Look(0.0)
+        self.looks += 1
+        worker = threading.Thread(
+            target=self._work, args=(look,), name="policyengine-reload", daemon=True
+        )
+        started = self.loop.time()
+        worker.start()
+        self._lend(look, started)
+
+    def _served(self, applied: bool) -> None:
+        serving, self._serving = self._serving, []
+        self._busy = False
+        for done in serving:
+            try:
+                done(applied)
+            except Exception:
+                logger.exception("policyengine: a reload callback failed")
+        if self._queued:
+            self._start()
+
+    def _note_step(self, began: float) -> None:
+        self.max_step = max(self.max_step, self.loop.time() - began)
