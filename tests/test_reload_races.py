@@ -22,8 +22,8 @@ from policyengine._loader import load_text
 from policyengine._reloads import Reloads
 from policyengine.testing import FakeClock
 
-A = "[policies.a.timeout]\nattempt = \"2s\"\n"
-X = "[policies.x.timeout]\nattempt = \"1s\"\n"
+A = '[policies.a.timeout]\nattempt = "2s"\n'
+X = '[policies.x.timeout]\nattempt = "1s"\n'
 
 
 def _trace_code(code: types.CodeType, per_opcode: bool, action: Callable[[], None]) -> Any:
@@ -103,7 +103,7 @@ def test_reloads_between_any_two_bytecodes_of_a_look_up_never_make_a_live_policy
         for j in range(i + 1, n + 1):
             step = [0]
 
-            def reload_at(i: int = i, j: int = j) -> None:
+            def reload_at(i: int = i, j: int = j, step: list[int] = step) -> None:
                 nonlocal landed
                 step[0] += 1
                 if step[0] in (i, j):
@@ -122,7 +122,7 @@ def test_reloads_between_any_two_bytecodes_of_a_look_up_never_make_a_live_policy
 
 
 def test_unknown_guard_message_is_capped_and_names_the_closest() -> None:
-    text = "".join(f"[policies.svc{i:03}.timeout]\nattempt = \"1s\"\n" for i in range(300))
+    text = "".join(f'[policies.svc{i:03}.timeout]\nattempt = "1s"\n' for i in range(300))
     engine = policyengine.loads(text, default=False)
     with pytest.raises(UnknownGuardError) as info:
         engine.guard("svc0100")
