@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._compile import CompiledSet, compile_guards
+from ._compile import CompiledSet, compile_guards, paused_gc
 from ._events import Event, Listeners
 from ._guard import Guard
 from ._loader import PolicySet
@@ -235,21 +235,23 @@ class Reloads:
 
     def _look(self) -> Staged | PolicyValidationError | None:
         """Read, validate, compare and compile aside; None: nothing to apply. Changes nothing
-        live, so it may run in any thread; never raises."""
-        try:
-            result = self.source.read()
-        except PolicyValidationError as exc:
-            return exc
-        except BaseException as exc:  # a reload reports what a read raised
-            return read_failure(self.path, exc)
-        if result.version == self._policy_set.version and self._last_error is None:
-            return None
-        try:
-            return self._stage(result)
-        except PolicyValidationError as exc:  # a [state] whose backend cannot be built
-            return exc
-        except BaseException as exc:  # a bug in a compile step: reported too
-            return read_failure(self.path, exc)
+        live, so it may run in any thread; never raises. The cyclic collector is paused
+        meanwhile (see `_compile.paused_gc`)."""
+        with paused_gc():
+            try:
+                result = self.source.read()
+            except PolicyValidationError as exc:
+                return exc
+            except BaseException as exc:  # a reload reports what a read raised
+                return read_failure(self.path, exc)
+            if result.version == self._policy_set.version and self._last_error is None:
+                return None
+            try:
+                return self._stage(result)
+            except PolicyValidationError as exc:  # a [state] whose backend cannot be built
+                return exc
+            except BaseException as exc:  # a bug in a compile step: reported too
+                return read_failure(self.path, exc)
 
     def _conclude(self, outcome: Staged | PolicyValidationError | None) -> bool:
         """Commit a staged reload or report its failure; True if a new set is in force."""
