@@ -9,7 +9,8 @@ measured, a 0.3 ms reload took up to seconds to land under load.
 
 So the loop itself drives each reload, in three steps, and no step blocks it for long:
 
-1. a worker thread is started to read, validate and compile the set aside (`Engine._look`);
+1. the runner's worker thread (started at the first look, ended after `IDLE` seconds without
+   one) is handed the look: read, validate and compile the set aside (`Engine._look`);
 2. the loop *lends* it the GIL: a loop callback waits on the worker's done event for at most
    `SLICE` seconds, which releases the GIL with no other thread of ours racing for it, then
    gives the loop back its turn (`call_soon`) and lends again, until the worker is done. A small
@@ -40,11 +41,12 @@ from .exceptions import PolicyValidationError
 if TYPE_CHECKING:
     from ._engine import Engine
 
-__all__ = ["SLICE", "LoopRunner"]
+__all__ = ["IDLE", "SLICE", "LoopRunner"]
 
 logger = logging.getLogger("policyengine")
 
 SLICE = 0.003  # seconds the loop lends the GIL to the worker at a time
+IDLE = 10.0  # seconds the worker thread waits for the next look before it ends
 
 Done = Callable[[bool], None]
 Outcome = Staged | PolicyValidationError | None
@@ -73,6 +75,10 @@ class LoopRunner:
         self._busy = False
         self._queued: list[tuple[float, Done | None]] = []  # requests for the next look
         self._serving: list[Done] = []  # callbacks of the look under way
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._job: _Look | None = None
 
     # -------------------------------------------------------------- any thread
     def on_loop_thread(self) -> bool:
@@ -120,14 +126,35 @@ class LoopRunner:
             return
         self._busy = True
         self._serving = [done for _, done in queued if done is not None]
-        look = _Look(max(settle for settle, _ in queued))
+        self._begin(_Look(max(settle for settle, _ in queued)))
+
+    def _begin(self, look: _Look) -> None:
+        """(Loop thread.) Hand `look` to the worker and start lending it the GIL."""
         self.looks += 1
-        worker = threading.Thread(
-            target=self._work, args=(look,), name="policyengine-reload", daemon=True
-        )
         started = self.loop.time()
-        worker.start()
+        with self._worker_lock:
+            self._job = look
+            self._wake.set()
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._serve, name="policyengine-reload", daemon=True
+                )
+                self._worker.start()
         self._lend(look, started)
+
+    def _serve(self) -> None:
+        """(Worker thread.) Do each look handed over; end after `IDLE` seconds without one."""
+        while True:
+            if not self._wake.wait(IDLE):
+                with self._worker_lock:
+                    if not self._wake.is_set():
+                        self._worker = None
+                        return
+                continue
+            self._wake.clear()
+            job, self._job = self._job, None
+            if job is not None:
+                self._work(job)
 
     def _work(self, look: _Look) -> None:
         """(Worker thread.) Never raises: `_look` reports every failure as an outcome."""
@@ -169,14 +196,7 @@ class LoopRunner:
 
     def _settled(self) -> None:
         """(Loop thread.) The second look after a torn read: judged as it is."""
-        look = _Look(0.0)
-        self.looks += 1
-        worker = threading.Thread(
-            target=self._work, args=(look,), name="policyengine-reload", daemon=True
-        )
-        started = self.loop.time()
-        worker.start()
-        self._lend(look, started)
+        self._begin(_Look(0.0))
 
     def _served(self, applied: bool) -> None:
         serving, self._serving = self._serving, []
