@@ -166,9 +166,9 @@ def _compile_one(
                 old is not None
                 and old.policy.retry is not None
                 and old.policy.retry.budget == policy.retry.budget
-                and old._budget is not None
+                and old.budget is not None
             )
-            budget = old._budget if same and old is not None else None
+            budget = old.budget if same and old is not None else None
             budget = budget or RetryBudget(policy.retry.budget, clock)
     fallback = Fallback(policy.fallback) if policy.fallback is not None else None
     guard = Guard(
@@ -187,7 +187,7 @@ def _compile_one(
         # The Guard reads its bulkhead's kind when it is built; on a kind change the kept
         # Bulkhead switches only at the commit, so the new guard is told the new kind here.
         # (Lead: Guard could read `policy.bulkhead.kind` instead; then this line goes.)
-        guard._threaded = policy.bulkhead.kind == "threads"
+        guard.threaded = policy.bulkhead.kind == "threads"
     return guard, change
 
 

@@ -49,7 +49,8 @@ class Engine(Reloads):
     ) -> None:
         if isinstance(source, PolicySet):
             initial = source
-            again = FileSource(Path(path)) if path is not None else None
+            allow = initial.allow_modules  # reloads validate as this set was
+            again = FileSource(Path(path), allow_modules=allow) if path is not None else None
             source = FixedSource(initial, again)
         else:
             initial = source.read()
@@ -255,7 +256,7 @@ class Engine(Reloads):
         backend = self._state_backend
         breakers = [] if backend is None else backend.shared_breakers()
         for guard in (*self._guards.values(), *self._removed.values()):
-            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard._budget)
+            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard.budget)
         for part in (*parts, *breakers):
             if part is None or id(part) in done:
                 continue

@@ -135,8 +135,10 @@ class Reloads:
 
     def _commit(self, staged: Staged, *, initial: bool = False) -> dict[str, str]:
         """Run the compile's in-place updates and swap the guards in (short: no compile, unless
-        another commit happened since `staged` was compiled); then tell the listeners."""
-        with self._lock:
+        another commit happened since `staged` was compiled); then tell the listeners. The
+        collector is paused here too: a full collection of a large heap (100 ms and more) would
+        otherwise land in this step, on the loop."""
+        with paused_gc(), self._lock:
             if staged.generation != self._generation:  # compiled against guards since replaced
                 self._discard(staged)
                 staged = self._stage(staged.policy_set, initial=initial)

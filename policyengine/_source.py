@@ -57,13 +57,15 @@ class PolicySource(Protocol):
 
 @dataclass(frozen=True)
 class FileSource:
-    """A policy file, or a directory whose ``*.toml`` files form one set."""
+    """A policy file, or a directory whose ``*.toml`` files form one set; `strict` and
+    `allow_modules` as for `load_path`, on every read."""
 
     path: Path
     strict: bool = False
+    allow_modules: tuple[str, ...] | None = None
 
     def read(self) -> PolicySet:
-        return load_path(self.path, strict=self.strict)
+        return load_path(self.path, strict=self.strict, allow_modules=self.allow_modules)
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,11 @@ class TextSource:
     text: str
     name: str = "<string>"
     strict: bool = False
+    allow_modules: tuple[str, ...] | None = None
     path: None = None
 
     def read(self) -> PolicySet:
-        return load_text(self.text, self.name, strict=self.strict)
+        return load_text(self.text, self.name, strict=self.strict, allow_modules=self.allow_modules)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ recording each call into a synchronous one would put a cost on every call.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
 
@@ -46,12 +46,13 @@ from ._metrics import STATE_VALUES
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._snapshot import GuardSnapshot
 
 __all__ = ["EVENTS", "STATE_VALUES", "Instrumentation", "instrument"]
 
 
 # event.name -> (severity, how to read it from a metrics snapshot)
-EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
+EVENTS: dict[str, tuple[str, Callable[[GuardSnapshot], int]]] = {
     "OnRetry": ("Warning", lambda m: m["retries"]),
     "OnTimeout": ("Error", lambda m: m["timeouts"]),
     "OnFallback": ("Warning", lambda m: m["fallbacks"]),
@@ -118,7 +119,7 @@ class Instrumentation:
         self.closed = True
 
     # ------------------------------------------------------------ callbacks
-    def _guards(self) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
+    def _guards(self) -> Iterator[tuple[dict[str, str], GuardSnapshot]]:
         if self.closed:
             return
         for name, guard in sorted(self.engine.guards.items()):
@@ -130,8 +131,8 @@ class Instrumentation:
 
     def _calls(self, _: CallbackOptions) -> Iterator[Observation]:
         for attrs, m in self._guards():
-            for outcome, key in (("success", "successes"), ("failure", "failures")):
-                yield Observation(m[key], {**attrs, "call.outcome": outcome})
+            yield Observation(m["successes"], {**attrs, "call.outcome": "success"})
+            yield Observation(m["failures"], {**attrs, "call.outcome": "failure"})
             yield Observation(m["ignored"], {**attrs, "call.outcome": "ignored"})
 
     def _events(self, _: CallbackOptions) -> Iterator[Observation]:

@@ -171,7 +171,7 @@ async def test_changing_only_the_bulkhead_kind_keeps_running_calls_counted() -> 
     await asyncio.gather(*holders)
     assert bulkhead.active == 0
     assert await handle.call(lambda: "now in the pool") == "now in the pool"  # type: ignore[arg-type]
-    assert handle.current()._threaded  # the new guard runs calls in the pool
+    assert handle.current().threaded  # the new guard runs calls in the pool
     engine.close()
 
 
