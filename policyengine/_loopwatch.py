@@ -10,7 +10,8 @@ loses that race for up to seconds (see `_onloop`). Here the loop does the watchi
 - the look is handed to the engine's `LoopRunner`: read and compiled off the loop while the loop
   lends the GIL in slices, swapped in on the loop;
 - one loop timer serves polling (`force_polling`, or inotify unavailable: `stat` every
-  `poll_interval`), the retry while the directory is missing, and the `backstop` re-read.
+  `poll_interval`, done by the runner's worker, since polling is for network file systems,
+  where a `stat` may hang), the retry while the directory is missing, and the `backstop`.
 
 Everything the thread watcher handles is handled the same way (the helpers are shared through
 `WatchBase`): in-place writes, atomic saves, ConfigMap `..data` swaps, a file symlinked from
@@ -62,7 +63,7 @@ class LoopWatcher(WatchBase):
         self._debounce: asyncio.TimerHandle | None = None
         self._first: float | None = None  # loop time of the first event of a burst
         self._tick: asyncio.TimerHandle | None = None  # polling, directory retry, backstop
-        self._seen: tuple[Any, ...] = ()
+        self._seen: tuple[Any, ...] | None = None  # the poller's last fingerprint (worker)
         self._started = False
         self._stopped = False
 
@@ -106,7 +107,6 @@ class LoopWatcher(WatchBase):
             if self._stopped or self._started:
                 return
             self._started = True
-            self._seen = self._fingerprint()
             if not self.polling:
                 self._open()
             self._arm_tick()
@@ -212,10 +212,7 @@ class LoopWatcher(WatchBase):
             return
         try:
             if self.polling:
-                now = self._fingerprint()
-                changed, self._seen = now != self._seen, now
-                if changed or self._backstop_due():
-                    self._look()
+                self.runner.request(self.settle, None, self._poll_changed)
             elif self._inotify is None:  # the directory was missing: is it back?
                 self._open()
                 if self._inotify is not None or self._backstop_due():
@@ -224,6 +221,17 @@ class LoopWatcher(WatchBase):
                 self._look()
         finally:
             self._arm_tick()
+
+    def _poll_changed(self) -> bool:
+        """(Worker thread.) Did the files change since the last poll (or is the backstop due)?
+        Our own `stat` comparison, not watchfiles' poller (see `Watcher._poll_once`)."""
+        now = self._fingerprint()
+        changed, self._seen = now != self._seen, now
+        if changed or self._backstop_due():
+            self._last_look = time.monotonic()
+            self.looks += 1
+            return True
+        return False
 
     def _look(self) -> None:
         """Hand a look to the runner (read off the loop, swap on it); never raises."""

@@ -53,12 +53,14 @@ Outcome = Staged | PolicyValidationError | None
 
 
 class _Look:
-    """One read-and-compile in a worker thread."""
+    """One read-and-compile in a worker thread; `precheck` (None: none) is asked first, in the
+    worker too, whether there is anything to read (a poller's `stat` of the files)."""
 
-    __slots__ = ("done", "outcome", "settle")
+    __slots__ = ("done", "outcome", "precheck", "settle")
 
-    def __init__(self, settle: float) -> None:
+    def __init__(self, settle: float, precheck: Callable[[], bool] | None = None) -> None:
         self.settle = settle
+        self.precheck = precheck
         self.done = threading.Event()
         self.outcome: Outcome = None
 
@@ -73,7 +75,8 @@ class LoopRunner:
         self.looks = 0  # reads done by this runner
         self.max_step = 0.0  # the longest time one of our loop steps took (seconds)
         self._busy = False
-        self._queued: list[tuple[float, Done | None]] = []  # requests for the next look
+        # requests for the next look: settle, callback, precheck
+        self._queued: list[tuple[float, Done | None, Callable[[], bool] | None]] = []
         self._serving: list[Done] = []  # callbacks of the look under way
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
@@ -114,9 +117,16 @@ class LoopRunner:
             return engine._conclude(outcome)
 
     # --------------------------------------------------------------- loop thread
-    def request(self, settle: float = 0.0, done: Done | None = None) -> None:
-        """(Loop thread.) Look at the files now, or right after the look under way."""
-        self._queued.append((settle, done))
+    def request(
+        self,
+        settle: float = 0.0,
+        done: Done | None = None,
+        precheck: Callable[[], bool] | None = None,
+    ) -> None:
+        """(Loop thread.) Look at the files now, or right after the look under way. With
+        `precheck`, the worker first asks it whether to look at all (so even a poller's `stat`
+        of a network file system happens off the loop)."""
+        self._queued.append((settle, done, precheck))
         if not self._busy:
             self._start()
 
@@ -125,8 +135,10 @@ class LoopRunner:
         if not queued:
             return
         self._busy = True
-        self._serving = [done for _, done in queued if done is not None]
-        self._begin(_Look(max(settle for settle, _ in queued)))
+        self._serving = [done for _, done, _ in queued if done is not None]
+        prechecks = [precheck for _, _, precheck in queued]
+        precheck = None if None in prechecks else prechecks[0]
+        self._begin(_Look(max(settle for settle, _, _ in queued), precheck))
 
     def _begin(self, look: _Look) -> None:
         """(Loop thread.) Hand `look` to the worker and start lending it the GIL."""
@@ -159,7 +171,8 @@ class LoopRunner:
     def _work(self, look: _Look) -> None:
         """(Worker thread.) Never raises: `_look` reports every failure as an outcome."""
         try:
-            look.outcome = self.engine._look()
+            if look.precheck is None or look.precheck():
+                look.outcome = self.engine._look()
         except BaseException as exc:  # a worker hands back whatever happened
             from ._staging import read_failure
 
