@@ -300,3 +300,42 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+@pytest.mark.parametrize("on", ["loop", "thread"])
+@pytest.mark.parametrize(
+    "error", [SystemExit(2), KeyboardInterrupt(), MemoryError(), RecursionError("deep")]
+)
+def test_whatever_the_source_raises_keeps_the_watch_and_the_last_good_set(
+    tmp_path: Path, on: str, error: BaseException
+) -> None:
+    """Below the loader's own checks: the source's read itself raises. The watcher reports it
+    (`last_error`, `reload_failed`), keeps the policies, and the next good edit applies."""
+    from policyengine._source import AdjustedSource, FileSource
+
+    path = tmp_path / "policies.toml"
+    path.write_text(GOOD.format(n=1))
+    raising = [False]
+
+    def maybe_raise(policy_set: Any) -> Any:
+        if raising[0]:
+            raise error
+        return policy_set
+
+    with LoopThread() if on == "loop" else _nothing() as loop:
+        engine = Engine(AdjustedSource(FileSource(path), maybe_raise))
+        if loop is not None:
+            engine.bind(loop)
+        seen = Seen(engine)
+        engine.watch(settle=0.0)
+        raising[0] = True
+        atomic_write(path, GOOD.format(n=2))
+        failed = seen.wait("reload_failed")
+        assert type(error).__name__ in failed.data["error"]
+        assert engine.status()["watch"]["alive"] and engine.status()["last_error"]
+        assert engine.status()["version"] == load_text(GOOD.format(n=1)).version
+        raising[0] = False
+        atomic_write(path, GOOD.format(n=3))
+        seen.wait("reload")
+        assert engine.status()["version"] == load_text(GOOD.format(n=3)).version
+        engine.close()
