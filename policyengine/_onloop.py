@@ -16,7 +16,8 @@ So the loop itself drives each reload, in three steps, and no step blocks it for
    gives the loop back its turn (`call_soon`) and lends again, until the worker is done. A small
    set is done within the first slice (one hand-off there, one back); a large one gets every
    other loop turn, and a loop step lasts about `SLICE` plus one switch interval (5 ms), the
-   time CPython makes the loop thread wait before the worker must hand the GIL back. The
+   time CPython makes the loop thread wait before the worker must hand the GIL back, which is
+   why that interval is lowered to `SWITCH` (1 ms) while a look is under way. The
    cyclic collector is paused during the read (`_compile.paused_gc`): a full collection holds
    the GIL throughout (40-60 ms at 1,000 policies), which would stall the loop;
 3. on the loop, the staged set is committed: in-place updates and the one swap (`_commit`).
@@ -31,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._fork import register
 from ._staging import Staged
 from .exceptions import PolicyValidationError
 
@@ -46,10 +49,47 @@ __all__ = ["IDLE", "SLICE", "LoopRunner"]
 logger = logging.getLogger("policyengine")
 
 SLICE = 0.003  # seconds the loop lends the GIL to the worker at a time
+SWITCH = 0.001  # the GIL switch interval while a look is under way (see `_Switching`)
 IDLE = 10.0  # seconds the worker thread waits for the next look before it ends
 
 Done = Callable[[bool], None]
 Outcome = Staged | PolicyValidationError | None
+
+
+class _Switching:
+    """A shorter GIL switch interval while any look is under way (process-wide, counted; the
+    application's own interval is back once the last look ends, unless it set another one
+    meanwhile). Why: when a slice ends, the loop thread waits one switch interval before the
+    worker must hand the GIL back, so the interval is most of a loop step (5 ms by default)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.saved = 0.0
+        register(self)
+
+    def _after_fork(self) -> None:
+        """A look under way in the parent never ends here: give the interval back now."""
+        self.lock = threading.Lock()
+        if self.users:
+            self.users = 0
+            sys.setswitchinterval(self.saved)
+
+    def enter(self) -> None:
+        with self.lock:
+            self.users += 1
+            if self.users == 1:
+                self.saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self.saved, SWITCH))
+
+    def leave(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0 and sys.getswitchinterval() == min(self.saved, SWITCH):
+                sys.setswitchinterval(self.saved)
+
+
+_switching = _Switching()
 
 
 class _Look:
@@ -135,6 +175,7 @@ class LoopRunner:
         if not queued:
             return
         self._busy = True
+        _switching.enter()
         self._serving = [done for _, done, _ in queued if done is not None]
         prechecks = [precheck for _, _, precheck in queued]
         precheck = None if None in prechecks else prechecks[0]
@@ -214,6 +255,7 @@ class LoopRunner:
     def _served(self, applied: bool) -> None:
         serving, self._serving = self._serving, []
         self._busy = False
+        _switching.leave()
         for done in serving:
             try:
                 done(applied)

@@ -203,3 +203,34 @@ def test_a_commit_recompiles_when_another_reload_landed_since_the_compile() -> N
     engine._commit(staged)
     assert engine.guards["p0"].breaker is breaker  # carried from the newer guards
     assert limit_of(engine, "p0") == 5 and engine.reloads == 2
+
+
+def test_the_switch_interval_is_lowered_during_a_look_and_given_back(
+    tmp_path: Path, busy_loop: tuple[asyncio.AbstractEventLoop, Busy]
+) -> None:
+    """While a look runs, the GIL switch interval is `SWITCH` (so the loop gets the GIL back
+    from the worker within about 1 ms of a slice's end); the application's own is back after."""
+    import sys
+
+    from policyengine._onloop import SWITCH
+
+    loop, _ = busy_loop
+    path = tmp_path / "policies.toml"
+    path.write_text(policy(1))
+    during: list[float] = []
+
+    def record(policy_set: PolicySet) -> PolicySet:
+        during.append(sys.getswitchinterval())
+        return policy_set
+
+    engine = Engine(AdjustedSource(FileSource(path), record))
+    engine.bind(loop)
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        path.write_text(policy(2))
+        assert engine.reload() is True
+        assert during[-1] == pytest.approx(SWITCH)
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(saved)
