@@ -114,6 +114,7 @@ class LoopRunner:
         self.loop = loop
         self.looks = 0  # reads done by this runner
         self.max_step = 0.0  # the longest time one of our loop steps took (seconds)
+        self.steps = 0  # loop steps taken (slices lent, commits)
         self._busy = False
         # requests for the next look: settle, callback, precheck
         self._queued: list[tuple[float, Done | None, Callable[[], bool] | None]] = []
@@ -265,4 +266,5 @@ class LoopRunner:
             self._start()
 
     def _note_step(self, began: float) -> None:
+        self.steps += 1
         self.max_step = max(self.max_step, self.loop.time() - began)

