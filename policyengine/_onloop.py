@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._fork import register
-from ._staging import Staged
+from ._staging import Staged, read_failure
 from .exceptions import PolicyValidationError
 
 if TYPE_CHECKING:
@@ -216,8 +216,6 @@ class LoopRunner:
             if look.precheck is None or look.precheck():
                 look.outcome = self.engine._look()
         except BaseException as exc:  # a worker hands back whatever happened
-            from ._staging import read_failure
-
             look.outcome = read_failure(self.engine.path, exc)
         finally:
             look.done.set()
