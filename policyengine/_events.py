@@ -65,7 +65,7 @@ EventName = Literal[
     "state_change", "rejected", "retry", "timeout", "fallback", "budget_exhausted",
     "would_reject", "would_retry", "would_timeout", "hedge", "injected",
     "reload", "reload_failed", "policy_removed", "state_backend_changed",
-    "store_degraded", "store_recovered",
+    "store_degraded", "store_recovered", "fallback_unusable",
 ]  # fmt: skip
 EVENT_NAMES: frozenset[str] = frozenset(get_args(EventName))
 
@@ -201,6 +201,7 @@ _PER_CALL = frozenset(
 _LEVELS = {
     "reload": logging.INFO,
     "reload_failed": logging.ERROR,
+    "fallback_unusable": logging.ERROR,
     "policy_removed": logging.WARNING,
     "state_backend_changed": logging.INFO,
 }

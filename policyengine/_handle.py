@@ -90,9 +90,9 @@ class GuardHandle:
         """`await handle.call(fn, *args, **kwargs)`: run `fn` through the policy."""
         engine = self._engine if self._engine is not None else _default_engine()
         guard = engine._guards.get(self.name) or engine._lookup(self.name)
-        door = guard.door  # `Guard.call`'s open-circuit test, inlined (an outage's hot path)
+        door = guard.door
         if door is not None and door._closed_permit < 0:
-            refused = guard.refusal(door)
+            refused = guard.refusal(door)  # an open circuit: decided here, see `Guard.refusal`
             if refused is not None:
                 return refused
         return guard._first(fn, args, kwargs)
