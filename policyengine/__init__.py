@@ -27,7 +27,9 @@ from .exceptions import (
     PolicyEngineError,
     PolicyIssue,
     PolicyValidationError,
+    RateLimitedError,
     RejectedError,
+    ThrottledError,
     UnknownGuardError,
 )
 
@@ -46,7 +48,9 @@ __all__ = [
     "PolicyIssue",
     "PolicySet",
     "PolicyValidationError",
+    "RateLimitedError",
     "RejectedError",
+    "ThrottledError",
     "UnknownGuardError",
     "default_engine",
     "guard",

@@ -32,6 +32,7 @@ import gc
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from ._admission import admission_layers
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
@@ -171,6 +172,10 @@ def _compile_one(
             budget = old.budget if same and old is not None else None
             budget = budget or RetryBudget(policy.retry.budget, clock)
     fallback = Fallback(policy.fallback) if policy.fallback is not None else None
+    layers = admission_layers(
+        name, policy, old.layers if old is not None else (), clock, emit, commits,
+        getattr(make_breaker, "__self__", None),
+    )  # fmt: skip
     guard = Guard(
         name,
         policy,
@@ -182,6 +187,7 @@ def _compile_one(
         retry=retry,
         budget=budget,
         fallback=fallback,
+        layers=layers,
     )
     if bulkhead is not None and policy.bulkhead is not None:
         # The Guard reads its bulkhead's kind when it is built; on a kind change the kept
