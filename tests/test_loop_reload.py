@@ -74,21 +74,25 @@ def test_reload_from_another_thread_lands_while_the_loop_is_busy(
     tmp_path: Path, busy_loop: tuple[asyncio.AbstractEventLoop, Busy]
 ) -> None:
     """The reload is handed to the loop, which does it at once: no thread of ours has to win
-    the GIL from the busy loop (it used to take up to seconds)."""
+    the GIL from the busy loop (it used to take up to seconds). Timed from the call to the
+    swap (the `reload` event, emitted on the loop right after it), not to the caller's return:
+    the caller is a thread too, and how soon it runs again is the machine's business."""
     loop, _ = busy_loop
     path = tmp_path / "policies.toml"
     path.write_text(policy(1))
     engine = run_on(loop, lambda: policyengine.load(path, default=False))
     assert engine.loop is loop
+    landed: list[float] = []
+    engine.add_listener(lambda e: landed.append(time.monotonic()) if e.name == "reload" else None)
     took = []
     for n in range(2, 12):
         path.write_text(policy(n))
-        started = time.perf_counter()
+        started = time.monotonic()
         assert engine.reload() is True
-        took.append(time.perf_counter() - started)
+        took.append(landed[-1] - started)
         assert limit_of(engine) == n
     assert engine.reload() is False  # nothing changed since
-    assert max(took) < 1.0, took  # (milliseconds here; seconds with a reloading thread)
+    assert max(took) < 0.5, took  # (milliseconds here; seconds with a reloading thread)
     assert engine._runner.looks == 11
 
 
