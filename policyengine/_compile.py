@@ -101,7 +101,9 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if enabled:
-            if gc.get_freeze_count() == 0:
+            # only after a large set: a small one leaves a young collection of normal size
+            many = gc.get_count()[0] > 10 * max(1, gc.get_threshold()[0])
+            if many and gc.get_freeze_count() == 0:
                 gc.freeze()
                 gc.unfreeze()
             gc.enable()
