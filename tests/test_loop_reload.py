@@ -240,3 +240,40 @@ def test_the_switch_interval_is_lowered_during_a_look_and_given_back(
         assert sys.getswitchinterval() == pytest.approx(0.004)
     finally:
         sys.setswitchinterval(saved)
+
+
+def test_a_look_that_runs_long_is_lent_the_loop_less_and_less_often() -> None:
+    from policyengine._onloop import _pause
+
+    assert _pause(0.2) == 0.0  # a large set: every loop turn
+    assert 0 < _pause(2.0) <= 0.01 < _pause(30.0) <= 0.1  # a read stuck on a dead file server
+
+
+def test_a_read_stuck_in_the_worker_leaves_the_loop_running(
+    tmp_path: Path, busy_loop: tuple[asyncio.AbstractEventLoop, Busy]
+) -> None:
+    """The worker blocks (a file server that stopped answering): the loop's tasks keep running
+    and the reload lands once the read returns."""
+    loop, busy = busy_loop
+    path = tmp_path / "policies.toml"
+    path.write_text(policy(1))
+    release = threading.Event()
+    stuck = [False]
+
+    def hang(policy_set: PolicySet) -> PolicySet:
+        if stuck[0]:
+            release.wait(10)
+        return policy_set
+
+    engine = Engine(AdjustedSource(FileSource(path), hang))
+    engine.bind(loop)
+    stuck[0] = True
+    path.write_text(policy(3))
+    caller = threading.Thread(target=engine.reload)
+    caller.start()
+    wait_until(lambda: engine._runner._busy, "the look to start")
+    turns = busy.turns
+    wait_until(lambda: busy.turns > turns + 100 * BUSY, "the loop to keep running")
+    release.set()
+    caller.join(10)
+    assert limit_of(engine) == 3
