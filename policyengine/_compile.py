@@ -9,9 +9,9 @@ reload touches nothing, and a good one keeps every breaker's state:
 - changed thresholds or durations: the same Breaker, reconfigured in place (state and window);
 - changed window shape: the same Breaker with a new window (open/closed state kept);
 - changed bulkhead limits: the same Bulkhead, resized in place (held permits stay counted);
-- changed bulkhead kind ("async" <-> "threads"): still the same Bulkhead, so the calls running
-  stay counted against the limit; it switches kind at the commit, and a thread pool it no longer
-  needs is shut down without waiting (its threads end once their calls finish);
+- changed bulkhead kind ("async", "threads", "adaptive"): still the same Bulkhead, so the calls
+  running stay counted against the limit; it switches kind at the commit, and a thread pool it
+  no longer needs is shut down without waiting (its threads end once their calls finish);
 - a layer added: a new runtime for it; a layer removed: gone (metrics stay);
 - a `shared` breaker whose state lives elsewhere than the engine's state backend now says (listed
   in `renew`: `[state]` was changed by this reload, or by one since the guard was removed): a new
@@ -36,6 +36,9 @@ from ._admission import admission_layers
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
+from ._compile_layers import compile_adaptive, compile_hedge
+from ._drill import attach_drill
+from ._enforce import attach_ramp
 from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
@@ -174,10 +177,12 @@ def _compile_one(
             budget = old.budget if same and old is not None else None
             budget = budget or RetryBudget(policy.retry.budget, clock)
     fallback = Fallback(policy.fallback) if policy.fallback is not None else None
-    layers = admission_layers(
+    admission = admission_layers(
         name, policy, old.layers if old is not None else (), clock, emit, commits,
         getattr(make_breaker, "__self__", None),
     )  # fmt: skip
+    layers = (*admission, *compile_adaptive(policy, old, bulkhead, commits))
+    hedge = compile_hedge(name, policy, old, clock, emit, metrics, commits)
     guard = Guard(
         name,
         policy,
@@ -190,12 +195,15 @@ def _compile_one(
         budget=budget,
         fallback=fallback,
         layers=layers,
+        hedge=hedge,
     )
     if bulkhead is not None and policy.bulkhead is not None:
         # The Guard reads its bulkhead's kind when it is built; on a kind change the kept
         # Bulkhead switches only at the commit, so the new guard is told the new kind here.
         # (Lead: Guard could read `policy.bulkhead.kind` instead; then this line goes.)
         guard.threaded = policy.bulkhead.kind == "threads"
+    attach_ramp(guard, old)  # enforce / ramp (_enforce), if the policy has them
+    attach_drill(guard, old)  # a chaos drill (_drill), if the policy has one
     return guard, change
 
 
@@ -206,16 +214,16 @@ def _bulkhead(
 
     Kept across a kind change too: a new, empty one would let the calls still running on the old
     one go uncounted (8 calls ran against a limit of 4), and the old one's thread pool would live
-    on until collected."""
+    on until collected. An adaptive one keeps its limit (its layer retunes it), unless it just
+    became adaptive (then it starts from `initial_limit`, see `compile_adaptive`)."""
     opts = policy.bulkhead
     if opts is None:
         return None
     prev = old.bulkhead if old is not None else None
     if prev is None:
-        return Bulkhead(name, opts.max_concurrent, opts.max_queue, opts.max_wait, opts.kind)
-    commits.append(
-        functools.partial(prev.resize, opts.max_concurrent, opts.max_queue, opts.max_wait)
-    )
+        return Bulkhead(name, opts.limit, opts.max_queue, opts.max_wait, opts.kind)
+    if opts.kind != "adaptive" or prev.kind != opts.kind:
+        commits.append(functools.partial(prev.resize, opts.limit, opts.max_queue, opts.max_wait))
     if prev.kind != opts.kind:
         commits.append(functools.partial(prev.switch_kind, opts.kind))
     return prev

@@ -23,6 +23,8 @@ from ._fork import register
 from ._guard import Guard
 from ._handle import GuardHandle
 from ._loader import PolicySet
+from ._record import RecordOptions
+from ._recorder import Recording
 from ._reloads import Reloads
 from ._source import FileSource, FixedSource, PolicySource
 from ._staging import unknown_guard
@@ -73,6 +75,9 @@ class Engine(Reloads):
         self._last_error: str | None = None
         self._changes: dict[str, str] = {}
         self._policy_set = initial
+        self.recording = Recording(
+            self.clock, self.listeners
+        )  # [record] / record(): the trace writer in force
         # the [state] in force and its backend (None: memory); both replaced by a reload that
         # changes [state], under `_lock`, with the guards (see `apply`)
         self._state_options = initial.state
@@ -108,6 +113,12 @@ class Engine(Reloads):
             self._watcher = None
             watcher.stop()
             self.watch(**self._watch_options)
+
+    def record(self, path: str | os.PathLike[str] | None, sample: float = 1.0) -> None:
+        """Write a trace of every attempt (a `sample` share) to `path`, whatever the file's
+        `[record]` says, until the engine closes; None stops. See `_record`."""
+        options = None if path is None else RecordOptions(path=os.fspath(path), sample=sample)
+        self.recording.start(options, self._guards)
 
     # ------------------------------------------------------------ look-ups
     @property
@@ -173,6 +184,7 @@ class Engine(Reloads):
             "policies": dict(self._changes),
             "removed": sorted(self._removed),
             "warnings": [str(w) for w in ps.warnings],
+            "record": self.recording.status(),
             "state": (
                 {"backend": "memory"}
                 if self._state_backend is None
@@ -212,6 +224,7 @@ class Engine(Reloads):
                 guard.bulkhead.close()
         if self._state_backend is not None:
             self._state_backend.close()
+        self.recording.close()
 
     def _after_fork(self) -> None:
         """In a child just forked (see `_fork`): make this engine work without the parent's
@@ -239,6 +252,9 @@ class Engine(Reloads):
                 restarted.append(f"the watcher of {watcher.path}")
         if pools:
             restarted.append(f"{pools} thread pool(s), started again at their next call")
+        writer = self.recording.writer
+        if writer is not None and not self._closed and writer._after_fork():
+            restarted.append(f"the trace writer of {writer.path}")
         logger.log(
             logging.DEBUG if self._closed else logging.INFO,
             "policyengine: forked process %d (parent %d): %s; locks renewed",
@@ -256,7 +272,8 @@ class Engine(Reloads):
         backend = self._state_backend
         breakers = [] if backend is None else backend.shared_breakers()
         for guard in (*self._guards.values(), *self._removed.values()):
-            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard.budget)
+            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard.budget, guard.hedge)
+            parts += [x for x in guard.layers if hasattr(x, "_after_fork")]
         for part in (*parts, *breakers):
             if part is None or id(part) in done:
                 continue

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._clock import Clock
+    from ._recorder import Recording
     from ._source import PolicySource
 
 __all__ = ["Reloads"]
@@ -71,6 +72,7 @@ class Reloads:
     _state_options: StateOptions
     _state_backend: Any
     _loaded_at: str
+    recording: Recording
 
     def _emit(self, event: Event) -> None:
         self.listeners(event)
@@ -182,6 +184,7 @@ class Reloads:
             self._emit(event)
         if retired is not None:
             retired.close()  # flushes its batches; its breakers (calls in flight) go local
+        self.recording.apply(policy_set.record, self._guards)  # a changed [record]: swapped
         return compiled.changes
 
     def _swap(self, compiled: CompiledSet) -> list[str]:
