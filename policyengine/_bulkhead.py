@@ -222,6 +222,13 @@ class Bulkhead:
                     self.active += 1
                     waiter.wake()
 
+    def switch_kind(self, kind: str) -> None:
+        """A reload changed `kind` (the same object, so the slots held stay counted); a pool no
+        longer needed is shut down without waiting: its threads end once their calls finish."""
+        self.kind = kind
+        if kind != "threads":
+            self.close()
+
     def _after_fork(self) -> bool:
         """In a forked child (see `_fork`): a fresh lock, no waiters (their threads and loops
         are the parent's), and no pool: the inherited one counts workers that do not exist here,

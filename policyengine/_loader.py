@@ -59,6 +59,8 @@ class PolicySet:
     allow_modules: tuple[str, ...] | None = None
     """The `allow_modules` this set was loaded with: a reload of its files passes it again."""
     record: RecordOptions | None = None  # top-level [record] (_record)
+    # the document `[state]` was written in (None: no [state]), to point at its lines later
+    state_doc: Doc | None = field(default=None, compare=False, repr=False)
 
 
 _SECTIONS = ("templates", "policies")
@@ -308,8 +310,9 @@ def _build(
     state = build.state[1] if build.state is not None else StateOptions()
     allow = build.context["allow_modules"]
     warnings = tuple(build.warnings)
+    state_doc = build.state[0] if build.state is not None else None
     return PolicySet(
-        policies, state, tuple(sources), version, warnings, origins, allow, build.record
+        policies, state, tuple(sources), version, warnings, origins, allow, build.record, state_doc
     )
 
 

@@ -186,11 +186,6 @@ def test_a_handler_whose_inspection_raises_is_a_validation_error(tmp_path: Path)
     assert found.message == "inspecting 'weird:handler' failed: SystemExit: 5"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs Engine._read to pass allow_modules=self._policy_set.allow_modules (the lead's "
-    "one-line change in _engine.py); remove this marker with it",
-)
 def test_a_reload_keeps_the_allow_list_of_the_first_load(tmp_path: Path) -> None:
     from policyengine._engine import Engine
 
