@@ -18,6 +18,7 @@ from ._matcher_models import (
     MatcherSpec,
     resolve_matchers,
 )
+from ._partition_models import PartitionOptions, check_partition
 from ._units import Duration, Ratio, format_duration
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "FieldError",
     "MatcherSpec",
     "OpenBackoff",
+    "PartitionOptions",
     "Policy",
     "PolicyFile",
     "RetryOptions",
@@ -265,6 +267,12 @@ class Policy(FrozenModel):
     breaker: BreakerOptions | None = None
     bulkhead: BulkheadOptions | None = None
     fallback: FallbackOptions | None = None
+    partition: PartitionOptions | None = None
+
+    @model_validator(mode="after")
+    def _partition_has_lanes(self) -> Policy:
+        check_partition(self.partition, self.breaker is not None, self.bulkhead is not None)
+        return self
 
 
 class StateOptions(FrozenModel):
