@@ -1,0 +1,96 @@
+"""The compile side of keyed guards: the lane factories of a policy (what `KeyRegistry` builds
+each key's breaker and bulkhead with), kept apart from the registry so that the registry never
+needs to know what a policy is.
+
+`policy_factories(name, policy, clock, ...)` returns a `LaneFactories` whose
+
+- `breaker` builds the key's breaker from `policy.breaker` (through `make_breaker`, the engine's
+  breaker factory, so a `shared` breaker comes from the state backend), observe-mode included;
+- `bulkhead` returns the policy's one bulkhead (`partition.bulkhead = "shared"`) or a new one per
+  key with the policy's limits (`"per_key"`);
+- `update` brings a lane built under older options up to date in place: the breaker is
+  reconfigured (state and counts kept), its observe flag set, an own bulkhead resized (held
+  permits stay counted); a layer the policy dropped is dropped, one it gained is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._breaker import Breaker
+from ._bulkhead import Bulkhead
+from ._partition import Lane, LaneFactories
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._events import Event
+    from ._models import Policy
+
+__all__ = ["policy_factories"]
+
+MakeBreaker = Callable[[str, "Policy", "Clock", Callable[["Event"], None]], Breaker]
+
+
+def _plain_breaker(
+    name: str, policy: Policy, clock: Clock, emit: Callable[[Event], None]
+) -> Breaker:
+    assert policy.breaker is not None
+    return Breaker(name, policy.breaker, clock, emit, observe=policy.mode == "observe")
+
+
+def policy_factories(
+    name: str,
+    policy: Policy,
+    clock: Clock,
+    *,
+    make_breaker: MakeBreaker = _plain_breaker,
+    shared_bulkhead: Bulkhead | None = None,
+    runner: Callable[[Lane], Any] | None = None,
+) -> LaneFactories:
+    """The lane factories of `policy` (see the module docstring). `shared_bulkhead` is the
+    policy's own bulkhead, used by every key unless `partition.bulkhead = "per_key"`."""
+    per_key = policy.partition is not None and policy.partition.bulkhead == "per_key"
+    limits = policy.bulkhead
+    options = policy.breaker
+    observe = policy.mode == "observe"
+
+    def breaker(key: str, emit: Callable[[Event], None]) -> Breaker | None:
+        if options is None:
+            return None
+        if make_breaker is _plain_breaker:  # the usual case, one call less per new key
+            return Breaker(name, options, clock, emit, observe=observe)
+        return make_breaker(name, policy, clock, emit)
+
+    def bulkhead(key: str) -> Bulkhead | None:
+        if limits is None:
+            return None
+        if not per_key:
+            return shared_bulkhead
+        return Bulkhead(name, limits.max_concurrent, limits.max_queue, limits.max_wait, limits.kind)
+
+    def update(lane: Lane) -> None:
+        current = lane.breaker
+        if options is None:
+            lane.breaker = None
+        elif current is None:
+            lane.breaker = breaker(lane.key, lane.sink) if lane.sink is not None else None
+        else:
+            current.reconfigure(options)
+            current.observe = observe
+        own = lane.bulkhead
+        was_own = lane.factories is not None and lane.factories.own_bulkheads
+        if (
+            limits is not None
+            and per_key
+            and was_own
+            and own is not None
+            and own.kind == limits.kind
+        ):
+            own.resize(limits.max_concurrent, limits.max_queue, limits.max_wait)
+            return
+        lane.bulkhead = bulkhead(lane.key)
+
+    return LaneFactories(
+        breaker, None if limits is None else bulkhead, runner, update, own_bulkheads=per_key
+    )

@@ -1,0 +1,407 @@
+"""Keyed guards: a registry of lanes, one per key (host, tenant, shard), each with its own breaker
+and, with `bulkhead = "per_key"`, its own bulkhead.
+
+Why: one breaker for every host behind a client is the best-known failure of the standard
+handlers (dotnet/extensions#5021: one sick host opens the circuit for all). A breaker per key
+fixes that, and brings two new duties, both borrowed from Envoy's outlier detection:
+
+- Bounded memory. Keys come from traffic, so their number must not grow with it. The lanes sit in
+  one LRU order (an `OrderedDict`, moved to the end on each use): past `max_keys` the least
+  recently used closed, idle lane is dropped, and a closed lane unused for `idle_ttl` (engine
+  clock) is dropped. Both happen lazily, a few steps at a time, when a key is added or the
+  oldest lane fell due (one float comparison per call tells), so the cost is amortised O(1). A
+  lane whose breaker is open, half-open or forced open is never dropped (its state is the point),
+  nor one whose own bulkhead has calls in it. A dropped key that comes back starts afresh.
+- An ejection cap (`max_open_ratio`, Envoy's `max_ejection_percent`). If a fault is fleet-wide,
+  opening every key's breaker turns a partial outage into a total one. So at most
+  `max(1, floor(max_open_ratio * keys))` lanes may be open at once (at least one, as Envoy
+  always ejects one host). A trip past that is only observed: counted (`would_trip`), emitted as
+  a ``would_trip`` event, and not enforced: the lane gets a fresh breaker, so the key keeps
+  being called, as Envoy keeps a host it may not eject in the pool. Once the open share falls,
+  the key's next trip is enforced. Re-opens after a failed probe are not new trips.
+
+The registry does not care how a breaker or bulkhead is built: the compile step hands it a
+`LaneFactories` (see `policy_factories`), and a reload hands it new ones (`reconfigure`). Lanes
+pick up new options lazily, at their next use (one identity test per call), so a reload costs
+O(1) however many keys there are; a breaker is reconfigured in place, so every key keeps its
+state (open stays open, counts stay counted) under the new thresholds.
+
+Each breaker reports its transitions through a `_Sink` of its own lane: that is how the
+registry knows which lanes are open (a flag per lane, read under the registry lock) and where
+the cap is applied. A sink of a breaker the lane no longer holds is ignored.
+
+Concurrency: one `threading.Lock` guards the order, the counts and the lanes' flags. It is never
+held while calling into a breaker or a factory (a breaker emits from inside its methods).
+Between a trip the cap refuses and the swap to a fresh breaker, another thread may see the old
+breaker open for a moment (microseconds; coroutines on one loop never do): closing that window
+needs a hook inside the breaker (a trip gate consulted under its lock).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._events import Event
+
+if TYPE_CHECKING:
+    from ._breaker import Breaker
+    from ._bulkhead import Bulkhead
+    from ._clock import Clock
+    from ._partition_models import PartitionOptions
+
+__all__ = ["UNKEYED", "KeyRegistry", "Lane", "LaneFactories"]
+
+UNKEYED = ""
+"""The key of a call made without one: it runs in the lane "" (a key like any other)."""
+
+_SWEEP_STEPS = 8  # lanes looked at per sweep: amortised O(1) per added key
+_NOT_CLOSED = frozenset({"open", "half_open", "forced_open"})
+
+
+@dataclass(frozen=True, slots=True)
+class LaneFactories:
+    """How lanes are built and updated (the compile step's business, not the registry's).
+
+    - `breaker(key, emit)`: a new breaker for `key` reporting to `emit`, or None;
+    - `bulkhead(key)`: the lane's bulkhead (the policy's own when "shared"), or None (as is no
+      `bulkhead` factory at all);
+    - `runner(lane)`: what a call of that lane runs through (e.g. a guard), or None;
+    - `update(lane)`: apply these factories' options to a lane built by older ones, in place
+      (`lane.factories` still names the older ones while it runs);
+    - `own_bulkheads`: `bulkhead` builds one per key (else it hands out the policy's one).
+    """
+
+    breaker: Callable[[str, Callable[[Event], None]], Breaker | None]
+    bulkhead: Callable[[str], Bulkhead | None] | None = None
+    runner: Callable[[Lane], Any] | None = None
+    update: Callable[[Lane], None] | None = None
+    own_bulkheads: bool = False
+
+
+class Lane:
+    """One key's runtime: its breaker, its bulkhead (own or shared) and its runner."""
+
+    __slots__ = ("breaker", "bulkhead", "factories", "key", "open", "runner", "sink", "used")
+
+    def __init__(self, key: str, used: float) -> None:
+        self.key = key
+        self.used = used  # engine clock of the last use
+        self.open = False  # open, half_open or forced_open (from the breaker's events)
+        self.breaker: Breaker | None = None
+        self.bulkhead: Bulkhead | None = None
+        self.runner: Any = None
+        self.sink: _Sink | None = None
+        self.factories: LaneFactories | None = None  # those that built it, or last updated it
+
+    @property
+    def state(self) -> str:
+        breaker = self.breaker
+        return "closed" if breaker is None else breaker.state
+
+
+class _Sink:
+    """The event sink of one breaker of one lane. It names the key, not the lane, so that a
+    dropped lane is garbage at once (no cycle lane -> breaker -> sink -> lane)."""
+
+    __slots__ = ("key", "registry")
+
+    def __init__(self, registry: KeyRegistry, key: str) -> None:
+        self.registry = registry
+        self.key = key
+
+    def __call__(self, event: Event) -> None:
+        self.registry._on_event(self, event)
+
+
+class KeyRegistry:
+    """key -> `Lane`, bounded by `max_keys` and `idle_ttl`, with the open-share cap (module doc)."""
+
+    __slots__ = (
+        "_cap_ratio",
+        "_due",
+        "_emit",
+        "_factories",
+        "_lanes",
+        "_lock",
+        "_max_keys",
+        "_now",
+        "_open",
+        "_own",
+        "_ttl",
+        "dropped",
+        "name",
+        "would_trip",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        options: PartitionOptions,
+        clock: Clock,
+        emit: Callable[[Event], None],
+        factories: LaneFactories,
+    ) -> None:
+        self.name = name
+        self._now = clock.now
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._lanes: OrderedDict[str, Lane] = OrderedDict()
+        self._open = 0  # lanes whose breaker is not closed
+        self._due = math.inf  # no lane can fall idle before this (a lower bound)
+        self.would_trip = 0  # trips the cap did not enforce
+        self.dropped = 0  # lanes dropped (LRU or idle)
+        self._factories = factories
+        self._own = factories.own_bulkheads  # some lane may have a bulkhead of its own
+        self._set_options(options)
+
+    def _set_options(self, options: PartitionOptions) -> None:
+        self._max_keys = options.max_keys
+        self._ttl = options.idle_ttl
+        self._cap_ratio = options.max_open_ratio
+
+    # -- the hot path ----------------------------------------------------------------------------
+
+    def lane(self, key: str) -> Lane:
+        """The lane of `key` (made if new), marked as used now."""
+        now = self._now()
+        with self._lock:
+            lane = self._lanes.get(key)
+            if lane is not None and self._kept(lane, now):
+                lane.used = now
+                self._lanes.move_to_end(key)
+                if now >= self._due:
+                    self._sweep(now, _SWEEP_STEPS)
+            else:
+                lane = None
+        if lane is None:
+            return self._add(key, now)
+        if lane.factories is not self._factories:
+            self._update(lane)
+        return lane
+
+    def _add(self, key: str, now: float) -> Lane:
+        factories = self._factories
+        lane = Lane(key, now)
+        self._build(lane, factories)  # outside the lock: factories may do anything
+        with self._lock:
+            lanes = self._lanes
+            other = lanes.get(key)
+            if other is not None:
+                if self._kept(other, now):
+                    return other  # another thread added it meanwhile: one lane per key
+                self._drop(key, other)  # an idle one: the key starts afresh
+            lanes[key] = lane
+            if len(lanes) > self._max_keys or now >= self._due:
+                self._sweep(now, _SWEEP_STEPS)
+            elif len(lanes) == 1:
+                self._due = now + self._ttl
+        return lane
+
+    def _build(self, lane: Lane, factories: LaneFactories) -> None:
+        key = lane.key
+        sink = lane.sink = _Sink(self, key)
+        lane.breaker = factories.breaker(key, sink)
+        if factories.bulkhead is not None:
+            lane.bulkhead = factories.bulkhead(key)
+        if factories.runner is not None:
+            lane.runner = factories.runner(lane)
+        lane.factories = factories
+
+    def _update(self, lane: Lane) -> None:
+        """Bring a lane built by older factories up to date, keeping its state."""
+        factories = self._factories
+        if factories.update is not None:
+            factories.update(lane)
+        elif lane.breaker is None:
+            lane.breaker = factories.breaker(lane.key, lane.sink or _Sink(self, lane.key))
+        if factories.runner is not None:
+            lane.runner = factories.runner(lane)
+        lane.factories = factories
+
+    # -- bounds (under the lock) -----------------------------------------------------------------
+
+    def _kept(self, lane: Lane, now: float) -> bool:
+        """Not droppable as idle: open, used within `idle_ttl`, or calls in its own bulkhead."""
+        return lane.open or now - lane.used < self._ttl or (self._own and self._busy(lane))
+
+    def _busy(self, lane: Lane) -> bool:
+        """Calls hold this lane's own bulkhead (a shared one never keeps a lane)."""
+        bulkhead, factories = lane.bulkhead, lane.factories
+        own = factories is not None and factories.own_bulkheads
+        return own and bulkhead is not None and bulkhead.active > 0
+
+    def _sweep(self, now: float, steps: int) -> None:
+        """Drop what is past `max_keys` or idle, oldest first, looking at most `steps` lanes
+        (open and busy ones go to the back). Then `_due` bounds when the next one falls idle."""
+        lanes, ttl, limit = self._lanes, self._ttl, self._max_keys
+        while lanes and steps > 0:
+            steps -= 1
+            key = next(iter(lanes))
+            lane = lanes[key]
+            if lane.open or (self._own and self._busy(lane)):
+                lanes.move_to_end(key)
+            elif len(lanes) > limit or now - lane.used >= ttl:
+                del lanes[key]
+                lane.sink = None  # its breaker's later events are stale
+                self.dropped += 1
+            else:
+                break
+        self._due = lanes[next(iter(lanes))].used + ttl if lanes else math.inf
+
+    def _drop(self, key: str, lane: Lane) -> None:
+        del self._lanes[key]
+        lane.sink = None  # its breaker's later events are stale
+        self.dropped += 1
+
+    def _cap(self) -> int:
+        return max(1, math.floor(self._cap_ratio * len(self._lanes) + 1e-9))
+
+    # -- events from the lanes' breakers ---------------------------------------------------------
+
+    def _holder(self, sink: _Sink) -> Lane | None:
+        """The lane whose breaker reports to `sink`, if it still is (None: stale)."""
+        lane = self._lanes.get(sink.key)
+        return lane if lane is not None and lane.sink is sink else None
+
+    def _on_event(self, sink: _Sink, event: Event) -> None:
+        if event.name != "state_change":
+            self._emit(_keyed(event, sink.key))  # a rejection, stale breaker or not
+            return
+        data = event.data
+        before, after = data.get("from"), data.get("to")
+        if before == "closed" and after == "open":
+            self._on_trip(sink, event)
+            return
+        with self._lock:
+            lane = self._holder(sink)
+            if lane is None:
+                return  # a breaker no lane holds any more
+            if after in _NOT_CLOSED and not lane.open:
+                lane.open = True
+                self._open += 1
+            elif after == "closed" and lane.open:
+                lane.open = False
+                self._open -= 1
+        self._emit(_keyed(event, sink.key))
+
+    def _on_trip(self, sink: _Sink, event: Event) -> None:
+        """closed -> open: enforced within the cap, else observed (a fresh breaker)."""
+        lane = self._holder(sink)
+        if lane is None:
+            return
+        factories = lane.factories or self._factories
+        fresh = _Sink(self, sink.key)
+        breaker = factories.breaker(sink.key, fresh)  # built before the lock, used if refused
+        with self._lock:
+            if self._holder(sink) is not lane:
+                return
+            enforced = lane.open or self._open < self._cap()
+            if enforced:
+                if not lane.open:
+                    lane.open = True
+                    self._open += 1
+            else:
+                lane.sink = fresh
+                lane.breaker = breaker
+                self.would_trip += 1
+            keys_open, keys = self._open, len(self._lanes)
+        if enforced:
+            self._emit(_keyed(event, sink.key))
+            return
+        if factories.runner is not None:
+            lane.runner = factories.runner(lane)  # it runs through the fresh breaker
+        data = {"key": sink.key, "reason": event.data.get("reason"), "keys_open": keys_open}
+        data["keys"] = keys
+        self._emit(Event("would_trip", self.name, data))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Lane | None:
+        """The lane of `key` if it is kept and not idle (not marked as used)."""
+        now = self._now()
+        with self._lock:
+            lane = self._lanes.get(key)
+            if lane is None or self._kept(lane, now):
+                return lane
+        return None
+
+    def state(self, key: str) -> str:
+        """The state of `key`'s breaker: "closed" for a key not kept (it would start afresh)."""
+        lane = self.get(key)
+        if lane is None:
+            return "closed"
+        if lane.factories is not self._factories:
+            self._update(lane)
+        return lane.state
+
+    def keys(self) -> dict[str, str]:
+        """{key: state} of the keys kept now, least recently used first."""
+        with self._lock:
+            self._sweep(self._now(), len(self._lanes) + 1)
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            if lane.factories is not self._factories:
+                self._update(lane)
+        return {lane.key: lane.state for lane in lanes}
+
+    def stats(self) -> dict[str, int]:
+        """`keys` kept, `keys_open` (open, half-open or forced open), `would_trip`, `dropped`."""
+        with self._lock:
+            self._sweep(self._now(), len(self._lanes) + 1)
+            return {
+                "keys": len(self._lanes),
+                "keys_open": self._open,
+                "would_trip": self.would_trip,
+                "dropped": self.dropped,
+            }
+
+    def view(self, limit: int) -> tuple[dict[str, str], int]:
+        """A bounded per-key view for exporters: the states of at most `limit` keys (every open
+        one first, then the most recently used) and how many more are kept (`key="other"`)."""
+        with self._lock:
+            lanes = list(self._lanes.values())
+        chosen = [lane for lane in lanes if lane.open][:limit]
+        if len(chosen) < limit:
+            rest = [lane for lane in reversed(lanes) if not lane.open]
+            chosen += rest[: limit - len(chosen)]
+        return {lane.key: lane.state for lane in chosen}, len(lanes) - len(chosen)
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    # -- reload ----------------------------------------------------------------------------------
+
+    def reconfigure(
+        self, options: PartitionOptions, factories: LaneFactories | None = None
+    ) -> None:
+        """Apply reloaded options: new bounds now (a tighter `max_keys` drops the excess closed,
+        idle lanes at once), new factories for new lanes, and, lazily at each lane's next use,
+        `factories.update` for the old ones: every key keeps its state under the new options."""
+        with self._lock:
+            self._set_options(options)
+            if factories is not None:
+                self._factories = factories
+                self._own = self._own or factories.own_bulkheads
+            self._sweep(self._now(), len(self._lanes) + 1)
+
+    def lanes(self) -> list[Lane]:
+        """Every lane kept now (for `_fork` and tests)."""
+        with self._lock:
+            return list(self._lanes.values())
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (a thread of the parent may have held this one)."""
+        self._lock = threading.Lock()
+        for lane in self.lanes():
+            if lane.breaker is not None:
+                lane.breaker._after_fork()
+
+
+def _keyed(event: Event, key: str) -> Event:
+    """`event` with the lane's key in its data."""
+    return Event(event.name, event.guard, {**event.data, "key": key})
