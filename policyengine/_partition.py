@@ -167,22 +167,27 @@ class KeyRegistry:
     # -- the hot path ----------------------------------------------------------------------------
 
     def lane(self, key: str) -> Lane:
-        """The lane of `key` (made if new), marked as used now."""
+        """The lane of `key` (made if new), marked as used now.
+
+        The path of a kept key takes no lock: a dict read, a float store and one
+        `OrderedDict.move_to_end` (each atomic). A sweep (under the lock) that drops the lane
+        at the same moment makes `move_to_end` fail, and the locked path takes over."""
+        lanes = self._lanes
+        lane = lanes.get(key)
         now = self._now()
-        with self._lock:
-            lane = self._lanes.get(key)
-            if lane is not None and self._kept(lane, now):
-                lane.used = now
-                self._lanes.move_to_end(key)
-                if now >= self._due:
+        if lane is not None and (lane.open or now - lane.used < self._ttl):
+            lane.used = now
+            try:
+                lanes.move_to_end(key)
+            except KeyError:  # dropped meanwhile
+                return self._add(key, now)
+            if now >= self._due:
+                with self._lock:
                     self._sweep(now, _SWEEP_STEPS)
-            else:
-                lane = None
-        if lane is None:
-            return self._add(key, now)
-        if lane.factories is not self._factories:
-            self._update(lane)
-        return lane
+            if lane.factories is not self._factories:
+                self._update(lane)
+            return lane
+        return self._add(key, now)
 
     def _add(self, key: str, now: float) -> Lane:
         factories = self._factories
@@ -192,8 +197,10 @@ class KeyRegistry:
             lanes = self._lanes
             other = lanes.get(key)
             if other is not None:
-                if self._kept(other, now):
-                    return other  # another thread added it meanwhile: one lane per key
+                if self._kept(other, now):  # added meanwhile, or busy: one lane per key
+                    other.used = now
+                    lanes.move_to_end(key)
+                    return other
                 self._drop(key, other)  # an idle one: the key starts afresh
             lanes[key] = lane
             if len(lanes) > self._max_keys or now >= self._due:
