@@ -27,6 +27,7 @@ from ._clock import Clock
 from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
+from ._keyed import partition_guard
 from ._metrics import GuardMetrics
 from ._models import Policy
 from ._retry import RetryBudget, RetryStrategy
@@ -91,7 +92,7 @@ def _compile_one(
     change = "new" if old is None else "kept state"
     metrics = old.metrics if old is not None else GuardMetrics()
     breaker = None
-    if policy.breaker is not None:
+    if policy.breaker is not None and policy.partition is None:  # partitioned: one per key
         prev = old.breaker if old is not None else None
         same_kind = (
             prev is not None
@@ -144,6 +145,8 @@ def _compile_one(
         budget=budget,
         fallback=fallback,
     )
+    if policy.partition is not None:  # a breaker (and bulkhead) per key: `_keyed`
+        guard = partition_guard(guard, old, make_breaker, _counting(emit, metrics), commits)
     return guard, change
 
 

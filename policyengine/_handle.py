@@ -100,7 +100,7 @@ class GuardHandle:
 
     # ---------------------------------------------------- one attempt scope
     async def __aenter__(self) -> GuardHandle:
-        scope = AttemptScope(self.current())
+        scope = AttemptScope(attempt_guard(self.current()))
         await scope.enter_async(asyncio.current_task())
         _scopes.set((*_scopes.get(), scope))
         return self
@@ -114,7 +114,7 @@ class GuardHandle:
         return self._pop().exit(exc)
 
     def __enter__(self) -> GuardHandle:
-        scope = AttemptScope(self.current())
+        scope = AttemptScope(attempt_guard(self.current()))
         scope.enter_sync()
         _scopes.set((*_scopes.get(), scope))
         return self
@@ -141,3 +141,15 @@ class GuardHandle:
     def metrics(self) -> dict[str, Any]:
         """Counters since the guard was created (kept across reloads) and the state."""
         return self.current().snapshot()
+
+    # ---------------------------------------------------------- keyed guards
+    def key(self, key: str) -> KeyedHandle:
+        """A handle on `key`'s lane of a partitioned policy (`_keyed_handle`): its own breaker."""
+        return KeyedHandle(self.name, key, self._engine)
+
+    def keys(self) -> dict[str, str]:
+        """{key: state} of the keys a partitioned policy keeps now ({} without `partition`)."""
+        return keys_of(self.current())
+
+
+from ._keyed_handle import KeyedHandle, attempt_guard, keys_of  # noqa: E402  (a subclass)

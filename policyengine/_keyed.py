@@ -15,19 +15,21 @@ needs to know what a policy is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
-from ._partition import Lane, LaneFactories
+from ._partition import KeyRegistry, Lane, LaneFactories
 
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._events import Event
+    from ._guard import Guard
     from ._models import Policy
 
-__all__ = ["policy_factories"]
+__all__ = ["guard_runner", "partition_guard", "policy_factories"]
 
 MakeBreaker = Callable[[str, "Policy", "Clock", Callable[["Event"], None]], Breaker]
 
@@ -94,3 +96,61 @@ def policy_factories(
     return LaneFactories(
         breaker, None if limits is None else bulkhead, runner, update, own_bulkheads=per_key
     )
+
+
+def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
+    """A runner factory: each lane runs through a guard of its own over the lane's breaker and
+    bulkhead, sharing everything else (metrics, retry, budget, fallback, events) with `guard`,
+    the policy's. So every driver (`call`, `call_sync`, `async with`, observe mode) serves a key
+    unchanged, and a keyed call costs one registry lookup more than an unkeyed one."""
+    from ._guard import Guard
+
+    def runner(lane: Lane) -> Guard:
+        return Guard(
+            guard.name,
+            guard.policy,
+            guard._clock,
+            guard._emit,
+            guard.metrics,
+            breaker=lane.breaker,
+            bulkhead=lane.bulkhead,
+            retry=guard.retry,
+            budget=guard._budget,
+            fallback=guard.fallback,
+        )
+
+    return runner
+
+
+def partition_guard(
+    guard: Guard,
+    old: Guard | None,
+    make_breaker: MakeBreaker,
+    emit: Callable[[Event], None],
+    commits: list[Callable[[], None]],
+) -> Guard:
+    """The compiled guard of a partitioned policy, from `guard` (compiled without a breaker of
+    its own; its bulkhead is the shared one): a `PartitionedGuard` over `old`'s registry when
+    `old` was partitioned (every key keeps its state: the new options reach the registry in a
+    commit, and each lane lazily at its next use), else over a new one. `emit` is the breakers'
+    event sink."""
+    from ._partition_guard import PartitionedGuard
+
+    policy = guard.policy
+    assert policy.partition is not None
+    out = PartitionedGuard.from_guard(guard)
+    factories = policy_factories(
+        guard.name,
+        policy,
+        guard._clock,
+        make_breaker=make_breaker,
+        shared_bulkhead=guard.bulkhead,
+        runner=guard_runner(out),
+    )
+    registry = getattr(old, "partition", None)
+    if isinstance(registry, KeyRegistry):
+        commits.append(functools.partial(registry.reconfigure, policy.partition, factories))
+    else:
+        registry = KeyRegistry(guard.name, policy.partition, guard._clock, emit, factories)
+    out.bind(registry)
+    return out

@@ -31,6 +31,9 @@ What a request goes through:
   fallback.
 - A fallback must give an `httpx.Response` (a handler that builds one); any other value raises
   `TypeError`, since a transport can only return a response.
+- A policy with `[partition]` is keyed by the request URL's authority (``host``, or
+  ``host:port`` when the URL names a port; never the user info): every host gets its own
+  breaker, so one sick host does not open the circuit for the others.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import httpx
 
 from ._handle import GuardHandle
+from ._keyed_handle import KeyedHandle, partition_of
 from ._matchers import Matcher
 from ._models import resolve_matchers
 
@@ -194,6 +198,14 @@ class _Guarding:
             rule = self._rules[handle] = _StatusRule(guard, self._explicit)
         return rule
 
+    @staticmethod
+    def _keyed(handle: GuardHandle, rule: _StatusRule, request: httpx.Request) -> GuardHandle:
+        """A partitioned policy's handle on the request's authority (see the module)."""
+        if partition_of(rule.guard) is None or isinstance(handle, KeyedHandle):
+            return handle  # unpartitioned, or keyed by the caller
+        url = request.url
+        return handle.key(url.host if url.port is None else f"{url.host}:{url.port}")
+
     def _single_attempt(self, request: httpx.Request, guard: Guard) -> bool:
         """True when the request must not be retried (and the policy would retry)."""
         if guard.max_attempts <= 1 or guard.mode != "enforce":
@@ -246,6 +258,7 @@ class GuardedTransport(_Guarding, httpx.AsyncBaseTransport):
         if handle is None:
             return await self._transport.handle_async_request(request)
         rule = self._rule(handle)
+        handle = self._keyed(handle, rule, request)
         try:
             if self._single_attempt(request, rule.guard):
                 async with handle:
@@ -293,6 +306,7 @@ class GuardedSyncTransport(_Guarding, httpx.BaseTransport):
         if handle is None:
             return self._transport.handle_request(request)
         rule = self._rule(handle)
+        handle = self._keyed(handle, rule, request)
         try:
             if self._single_attempt(request, rule.guard):
                 with handle:

@@ -1,0 +1,86 @@
+"""`PartitionedGuard`: the compiled guard of a policy with `[partition]`.
+
+It is the policy's guard (its metrics, retry, budget, fallback, shared bulkhead, events) plus
+`partition`, the `KeyRegistry` of its lanes; it has no breaker of its own. A call made without a
+key runs in the lane of the key ``""`` (`UNKEYED`), a key like any other: it has its own
+breaker, counts in `keys`, and is dropped when idle. That choice, rather than an error, means a
+reload that adds `partition` to a policy never breaks a caller that passes no key (the
+decorator, `guard(name).call`), while such calls still get a breaker.
+
+A subclass, so that a policy without `partition` pays nothing: its guard is a plain `Guard`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from ._guard import Guard
+from ._partition import UNKEYED, KeyRegistry
+
+__all__ = ["PartitionedGuard"]
+
+T = TypeVar("T")
+
+
+def _slots(cls: type) -> list[str]:
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names += [slots] if isinstance(slots, str) else list(slots)
+    return [n for n in names if n not in ("__weakref__", "__dict__")]
+
+
+class PartitionedGuard(Guard):
+    """A partitioned policy's guard: the shared parts, and `partition` (see the module)."""
+
+    __slots__ = ("partition",)
+
+    partition: KeyRegistry
+
+    @classmethod
+    def from_guard(cls, guard: Guard) -> PartitionedGuard:
+        """A copy of `guard` (every slot) as a PartitionedGuard; `bind` gives it its lanes."""
+        out = cls.__new__(cls)
+        for name in _slots(Guard):
+            try:
+                setattr(out, name, getattr(guard, name))
+            except AttributeError:  # a slot left unset
+                pass
+        return out
+
+    def bind(self, registry: KeyRegistry) -> None:
+        self.partition = registry
+        if self.mode != "disabled":  # disabled passes everything through, keyed or not
+            self._first = self._unkeyed
+
+    def _unkeyed(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        runner: Guard = self.partition.lane(UNKEYED).runner
+        return runner._first(fn, args, kwargs)
+
+    def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        runner: Guard = self.partition.lane(UNKEYED).runner
+        return runner.call_sync(fn, *args, **kwargs)
+
+    def unkeyed(self) -> Guard:
+        """The guard an unkeyed call runs through (`async with guard(name):` uses it)."""
+        runner: Guard = self.partition.lane(UNKEYED).runner
+        return runner
+
+    @property
+    def state(self) -> str:
+        """The state of the key "" (what an unkeyed call meets); `keys()` has every key's."""
+        if self.mode == "disabled":
+            return "disabled"
+        return self.partition.state(UNKEYED)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The policy's metrics, plus `keys`, `keys_open` and `would_trip` of its lanes."""
+        out = super().snapshot()
+        stats = self.partition.stats()
+        out["keys"] = stats["keys"]
+        out["keys_open"] = stats["keys_open"]
+        out["would_trip"] = stats["would_trip"]
+        return out
