@@ -60,7 +60,9 @@ MEMORY = {
     "consecutive (default breaker)": {"breaker": {}},
     "count window of 100": {"breaker": {"failure_rate": 0.5}},
     "time window of 60s": {"breaker": {"failure_rate": 0.5, "window": "time"}},
-    "count window of 20": {"breaker": {"failure_rate": 0.5, "window_size": 20, "minimum_calls": 10}},
+    "count window of 20": {
+        "breaker": {"failure_rate": 0.5, "window_size": 20, "minimum_calls": 10}
+    },
     "default breaker + own bulkhead": {
         "breaker": {},
         "bulkhead": {"max_concurrent": 10},
