@@ -271,7 +271,8 @@ class Policy(FrozenModel):
 
     @model_validator(mode="after")
     def _partition_has_lanes(self) -> Policy:
-        check_partition(self.partition, self.breaker is not None, self.bulkhead is not None)
+        kind = None if self.bulkhead is None else self.bulkhead.kind
+        check_partition(self.partition, self.breaker is not None, kind)
         return self
 
 

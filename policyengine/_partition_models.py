@@ -56,16 +56,24 @@ class PartitionOptions(FrozenModel):
 
 
 def check_partition(
-    partition: PartitionOptions | None, has_breaker: bool, has_bulkhead: bool
+    partition: PartitionOptions | None, has_breaker: bool, bulkhead_kind: str | None
 ) -> None:
-    """Raise a `FieldError` on `partition` when it has nothing to partition (module docstring)."""
+    """Raise a `FieldError` on `partition` when it has nothing to partition (module docstring),
+    or would give each key a thread pool of its own (`bulkhead.kind = "threads"`, per key: up to
+    `max_keys` pools, whose threads a dropped key would leave behind)."""
     if partition is None:
         return
-    if partition.bulkhead == "per_key" and not has_bulkhead:
+    if partition.bulkhead == "per_key" and bulkhead_kind is None:
         raise FieldError(
             "partition",
             'partition.bulkhead = "per_key" needs a [bulkhead] section (its limits apply to '
             'each key): add one, or set partition.bulkhead = "shared"',
+        )
+    if partition.bulkhead == "per_key" and bulkhead_kind == "threads":
+        raise FieldError(
+            "partition",
+            'partition.bulkhead = "per_key" cannot be used with bulkhead.kind = "threads" (a '
+            'thread pool per key): use partition.bulkhead = "shared" or bulkhead.kind = "async"',
         )
     if not has_breaker and partition.bulkhead != "per_key":
         raise FieldError(

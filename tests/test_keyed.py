@@ -1,0 +1,368 @@
+"""Keyed guards end to end: `guard(name).key(k)`, `.keys()`, metrics, reloads, threads, httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import policyengine
+from policyengine import CircuitOpenError, Engine, PolicyValidationError
+from policyengine._events import Event
+from policyengine.httpx import GuardedSyncTransport, GuardedTransport
+from policyengine.testing import FakeClock
+
+UPSTREAMS = """
+[policies.upstreams.breaker]
+consecutive_failures = 3
+open_duration = "30s"
+half_open_calls = 1
+[policies.upstreams.partition]
+max_keys = 100
+idle_ttl = "10m"
+max_open_ratio = 0.5
+
+[policies.plain.breaker]
+consecutive_failures = 3
+"""
+
+
+class Boom(Exception):
+    pass
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def boom() -> str:
+    raise Boom
+
+
+def boom_sync() -> str:
+    raise Boom
+
+
+HOSTS = [f"api-{i}.example.com" for i in range(10)]
+
+
+async def outcome(engine: Engine, key: str, fn: Callable[[], object] = ok) -> str:
+    try:
+        await engine.guard("upstreams").key(key).call(fn)  # type: ignore[arg-type]
+    except CircuitOpenError:
+        return "rejected"
+    except Boom:
+        return "failed"
+    return "ok"
+
+
+async def test_one_failing_host_opens_only_its_own_breaker(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(UPSTREAMS)
+    g = engine.guard("upstreams")
+    sick = HOSTS[7]
+    for _ in range(3):
+        for host in HOSTS:
+            await outcome(engine, host, boom if host == sick else ok)
+    assert await outcome(engine, sick) == "rejected"
+    assert [await outcome(engine, h) for h in HOSTS if h != sick] == ["ok"] * 9
+    assert g.key(sick).state == "open" and g.key(HOSTS[0]).state == "closed"
+    assert g.keys() == {**{h: "closed" for h in HOSTS if h != sick}, sick: "open"}
+    m = g.metrics()
+    assert (m["keys"], m["keys_open"]) == (10, 1)
+    assert m["rejections"]["circuit_open"] == 1  # the policy's totals count every key
+
+
+async def test_ten_of_ten_failing_open_half_the_rest_would_trip(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(UPSTREAMS)
+    events: list[Event] = []
+    engine.add_listener(events.append)
+    for host in HOSTS:
+        await outcome(engine, host)
+    for _ in range(3):
+        for host in HOSTS:
+            await outcome(engine, host, boom)
+    m = engine.guard("upstreams").metrics()
+    assert (m["keys_open"], m["would_trip"]) == (5, 5)
+    assert sorted(e.data["key"] for e in events if e.name == "would_trip") == sorted(
+        h for h, state in engine.guard("upstreams").keys().items() if state == "closed"
+    )
+    # the spared half still gets called: their trips are observed, not enforced
+    spared = [h for h, s in engine.guard("upstreams").keys().items() if s == "closed"]
+    assert [await outcome(engine, h, boom) for h in spared] == ["failed"] * 5
+
+
+async def test_a_call_without_a_key_runs_in_the_key_empty_string(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(UPSTREAMS)
+    g = engine.guard("upstreams")
+    assert await g.call(ok) == "ok"
+    for _ in range(3):
+        with pytest.raises(Boom):
+            await g.call(boom)
+    assert g.keys() == {"": "open"} and g.state == "open" and g.key("").state == "open"
+    with pytest.raises(CircuitOpenError):
+        await g.call(ok)
+    assert await g.key("other").call(ok) == "ok"  # keys are apart from the unkeyed lane
+    with pytest.raises(CircuitOpenError):
+        g.call_sync(lambda: "ok")
+    with pytest.raises(CircuitOpenError):
+        async with g:
+            pass
+
+
+async def test_a_policy_without_partition_ignores_the_key(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(UPSTREAMS)
+    g = engine.guard("plain")
+    for host in HOSTS[:3]:
+        with pytest.raises(Boom):
+            await g.key(host).call(boom)
+    assert g.state == "open" and g.key("anything").state == "open" and g.keys() == {}
+
+
+async def test_key_metrics_and_reading_create_no_key(make_engine: Callable[[str], Engine]) -> None:
+    engine = make_engine(UPSTREAMS)
+    g = engine.guard("upstreams")
+    assert g.key("never-called").state == "closed"
+    m = g.key("never-called").metrics()
+    assert (m["key"], m["kept"], m["state"], m["breaker"]) == (
+        "never-called",
+        False,
+        "closed",
+        None,
+    )
+    assert g.keys() == {}
+    await g.key("a").call(ok)
+    with pytest.raises(Boom):
+        await g.key("a").call(boom)
+    m = g.key("a").metrics()
+    assert m["kept"] and m["breaker"] is not None
+    assert m["breaker"]["consecutive_failures"] == 1
+    assert (m["calls"], m["successes"], m["failures"]) == (2, 1, 1)  # the policy's totals
+
+
+async def test_a_keyed_scope_and_decorator_use_the_keys_breaker(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(UPSTREAMS)
+    keyed = engine.guard("upstreams").key("db-1")
+
+    @keyed
+    async def fail() -> None:
+        raise Boom
+
+    for _ in range(3):
+        with pytest.raises(Boom):
+            await fail()
+    with pytest.raises(CircuitOpenError):
+        async with keyed:
+            pass
+    with pytest.raises(CircuitOpenError), keyed:
+        pass
+    async with engine.guard("upstreams").key("db-2"):
+        pass
+
+
+OBSERVE = '\n[policies.upstreams]\nmode = "observe"\n[policies.upstreams.breaker]'
+
+
+async def test_observe_mode_counts_keyed_trips_but_never_rejects(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(UPSTREAMS.replace("\n[policies.upstreams.breaker]", OBSERVE, 1))
+    for _ in range(5):
+        assert await outcome(engine, "a", boom) == "failed"
+    assert engine.guard("upstreams").key("a").state == "open"  # the state it would be in
+    assert engine.guard("upstreams").metrics()["observed"]["would_reject"] == 2
+
+
+# -- reload -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def on_disk(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[[str], tuple[Engine, Path]]]:
+    engines: list[Engine] = []
+
+    def make(text: str) -> tuple[Engine, Path]:
+        path = tmp_path / "policies.toml"
+        path.write_text(text)
+        engine = policyengine.load(path, clock=clock, default=False)
+        engines.append(engine)
+        return engine, path
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+async def test_a_reload_keeps_every_keys_state_and_applies_new_thresholds(
+    on_disk: Callable[[str], tuple[Engine, Path]], clock: FakeClock
+) -> None:
+    text = UPSTREAMS.replace("max_open_ratio = 0.5", "max_open_ratio = 1.0")
+    engine, path = on_disk(text)
+    for _ in range(3):
+        await outcome(engine, "sick", boom)
+    for _ in range(2):
+        await outcome(engine, "warm", boom)
+    await outcome(engine, "fine")
+    path.write_text(text.replace("= 3\nopen_duration", "= 4\nopen_duration"))
+    assert engine.reload() is True
+    g = engine.guard("upstreams")
+    assert g.keys() == {"sick": "open", "warm": "closed", "fine": "closed"}
+    assert await outcome(engine, "warm", boom) == "failed"
+    assert g.key("warm").state == "closed"  # 3 in a row, under the new threshold of 4
+    assert await outcome(engine, "warm", boom) == "failed"
+    assert g.key("warm").state == "open"
+    clock.advance(30)
+    assert g.key("sick").state == "half_open"
+
+
+async def test_a_bad_reload_touches_no_key(on_disk: Callable[[str], tuple[Engine, Path]]) -> None:
+    engine, path = on_disk(UPSTREAMS)
+    for _ in range(2):
+        await outcome(engine, "warm", boom)
+    path.write_text(UPSTREAMS.replace("max_keys = 100", "max_keys = 0"))
+    assert engine.reload() is False
+    await outcome(engine, "warm", boom)
+    assert engine.guard("upstreams").key("warm").state == "open"  # still 3, not 4
+
+
+# -- the probe limit per key, through the handles ---------------------------------------------
+
+
+async def test_the_probe_limit_holds_per_key_across_coroutines(
+    make_engine: Callable[[str], Engine], clock: FakeClock
+) -> None:
+    engine = make_engine(UPSTREAMS.replace("max_open_ratio = 0.5", "max_open_ratio = 1.0"))
+    g = engine.guard("upstreams")
+    for key in ("a", "b"):
+        for _ in range(3):
+            await outcome(engine, key, boom)
+    clock.advance(30)
+    gate = asyncio.Event()
+    entered: list[str] = []
+
+    def probe(key: str) -> Callable[[], object]:
+        async def run() -> str:
+            entered.append(key)
+            await gate.wait()
+            return "ok"
+
+        return run
+
+    tasks = [asyncio.create_task(outcome(engine, k, probe(k))) for k in ("a", "b") * 10]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert sorted(entered) == ["a", "b"]
+    assert results.count("ok") == 2 and results.count("rejected") == 18
+    assert g.keys() == {"a": "closed", "b": "closed"}
+
+
+def test_the_probe_limit_holds_per_key_across_threads(
+    make_engine: Callable[[str], Engine], clock: FakeClock
+) -> None:
+    engine = make_engine(
+        UPSTREAMS.replace("half_open_calls = 1", "half_open_calls = 2").replace(
+            "max_open_ratio = 0.5", "max_open_ratio = 1.0"
+        )
+    )
+    g = engine.guard("upstreams")
+    for key in ("a", "b", "c"):
+        for _ in range(3):
+            with pytest.raises(Boom):
+                g.key(key).call_sync(boom_sync)
+    clock.advance(30)
+    release = threading.Event()
+    start = threading.Barrier(30)
+    admitted: dict[str, int] = {"a": 0, "b": 0, "c": 0}
+    refused = [0]
+    settled = threading.Condition()
+
+    def probe(key: str) -> str:
+        with settled:
+            admitted[key] += 1
+            settled.notify_all()
+        release.wait(10)
+        return "ok"
+
+    def worker(key: str) -> None:
+        start.wait()
+        try:
+            g.key(key).call_sync(probe, key)
+        except CircuitOpenError:
+            with settled:
+                refused[0] += 1
+                settled.notify_all()
+
+    threads = [threading.Thread(target=worker, args=("abc"[i % 3],)) for i in range(30)]
+    for t in threads:
+        t.start()
+    with settled:  # every thread admitted (and holding its probe) or refused
+        assert settled.wait_for(lambda: sum(admitted.values()) + refused[0] == 30, timeout=10)
+    release.set()
+    for t in threads:
+        t.join()
+    assert admitted == {"a": 2, "b": 2, "c": 2} and refused[0] == 24
+    assert g.keys() == {"a": "closed", "b": "closed", "c": "closed"}  # two probes each passed
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def test_a_thread_pool_per_key_is_refused() -> None:
+    text = (
+        '[policies.a.bulkhead]\nkind = "threads"\nmax_concurrent = 2\n'
+        '[policies.a.partition]\nbulkhead = "per_key"\n'
+    )
+    with pytest.raises(PolicyValidationError, match="thread pool per key"):
+        policyengine.loads(text, default=False)
+
+
+# -- httpx ------------------------------------------------------------------------------------
+
+
+def _service(sick: str) -> httpx.MockTransport:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503 if request.url.host == sick else 200)
+
+    return httpx.MockTransport(answer)
+
+
+async def test_httpx_keys_a_partitioned_policy_by_authority(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(UPSTREAMS)
+    transport = GuardedTransport("upstreams", _service("b.example"), engine=engine)
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            assert (await client.get("https://b.example/x")).status_code == 503
+        with pytest.raises(CircuitOpenError):
+            await client.get("https://b.example/y")
+        assert (await client.get("https://a.example/x")).status_code == 200
+        assert (await client.get("https://b.example:8443/x")).status_code == 503  # a key of its own
+    assert engine.guard("upstreams").keys() == {
+        "b.example": "open",
+        "a.example": "closed",
+        "b.example:8443": "closed",
+    }
+
+
+def test_httpx_sync_keys_by_authority_and_never_by_user_info(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(UPSTREAMS)
+    transport = GuardedSyncTransport("upstreams", _service("none"), engine=engine)
+    with httpx.Client(transport=transport) as client:
+        assert client.get("https://user:secret@a.example/x").status_code == 200
+    assert engine.guard("upstreams").keys() == {"a.example": "closed"}
