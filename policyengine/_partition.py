@@ -367,16 +367,35 @@ class KeyRegistry:
                 "dropped": self.dropped,
             }
 
-    def view(self, limit: int) -> tuple[dict[str, str], int]:
-        """A bounded per-key view for exporters: the states of at most `limit` keys (every open
-        one first, then the most recently used) and how many more are kept (`key="other"`)."""
+    def view(self, limit: int) -> tuple[dict[str, str], dict[str, int]]:
+        """A bounded per-key view for exporters: the states of at most `limit` keys (the open
+        ones first, then the most recently used) and how many of the others are in each state
+        (what an exporter folds into ``key="other"``). Closed lanes are read without a lock."""
         with self._lock:
             lanes = list(self._lanes.values())
-        chosen = [lane for lane in lanes if lane.open][:limit]
+        opened = [lane for lane in lanes if lane.open]
+        chosen = opened[:limit]
         if len(chosen) < limit:
-            rest = [lane for lane in reversed(lanes) if not lane.open]
-            chosen += rest[: limit - len(chosen)]
-        return {lane.key: lane.state for lane in chosen}, len(lanes) - len(chosen)
+            chosen += [lane for lane in reversed(lanes) if not lane.open][: limit - len(chosen)]
+        shown = {lane.key: lane.state for lane in chosen}
+        rest: dict[str, int] = {}
+        closed = len(lanes) - len(opened) - sum(not lane.open for lane in chosen)
+        if closed:
+            rest["closed"] = closed
+        for lane in opened[limit:]:
+            state = lane.state
+            rest[state] = rest.get(state, 0) + 1
+        return shown, rest
+
+    def census(self) -> dict[str, int]:
+        """How many keys are kept in each state (closed lanes counted without a lock)."""
+        with self._lock:
+            lanes = list(self._lanes.values())
+        out = {"closed": 0, "open": 0, "half_open": 0, "forced_open": 0}
+        for lane in lanes:
+            state = lane.state if lane.open else "closed"
+            out[state] = out.get(state, 0) + 1
+        return out
 
     def __len__(self) -> int:
         return len(self._lanes)

@@ -366,3 +366,89 @@ def test_httpx_sync_keys_by_authority_and_never_by_user_info(
     with httpx.Client(transport=transport) as client:
         assert client.get("https://user:secret@a.example/x").status_code == 200
     assert engine.guard("upstreams").keys() == {"a.example": "closed"}
+
+
+# -- exporters: a bounded per-key view --------------------------------------------------------
+
+
+async def _hundred_keys_three_open(engine: Engine) -> None:
+    for i in range(100):
+        await outcome(engine, f"k{i:03d}")
+    for key in ("k010", "k020", "k030"):
+        for _ in range(3):
+            await outcome(engine, key, boom)
+
+
+async def test_prometheus_shows_at_most_n_keys_open_first_the_rest_as_other(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from policyengine.prometheus import PolicyEngineCollector
+
+    engine = make_engine(UPSTREAMS)
+    await _hundred_keys_three_open(engine)
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(PolicyEngineCollector(engine, keys_per_guard=5))
+    samples = [s for f in registry.collect() for s in f.samples]
+    states = {
+        s.labels["key"]: s.value
+        for s in samples
+        if s.name == "policyengine_key_state" and s.labels["guard"] == "upstreams"
+    }
+    assert len(states) == 6 and states["other"] == 0  # 5 keys, then every other one folded
+    assert all(states[k] == 1 for k in ("k010", "k020", "k030"))
+    counts = {s.labels["state"]: s.value for s in samples if s.name == "policyengine_keys"}
+    assert counts == {"closed": 97, "open": 3, "half_open": 0, "forced_open": 0}
+    assert not any(s.labels.get("guard") == "plain" for s in samples if "key" in s.name)
+    for i in range(100, 1000):  # more traffic, more keys: no more series
+        await outcome(engine, f"k{i:03d}")
+    again = [s for f in registry.collect() for s in f.samples if s.name == "policyengine_key_state"]
+    assert len([s for s in again if s.labels["guard"] == "upstreams"]) == 6
+
+
+async def test_an_open_key_past_the_limit_shows_in_other(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    from policyengine._keyed_export import key_states
+
+    engine = make_engine(UPSTREAMS)
+    await _hundred_keys_three_open(engine)
+    view = dict(key_states(engine._lookup("upstreams"), 2))
+    assert len(view) == 3 and view["other"] == 1
+
+
+async def test_opentelemetry_shows_the_same_bounded_view(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from policyengine.otel import instrument
+
+    engine = make_engine(UPSTREAMS)
+    await _hundred_keys_three_open(engine)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    instrumentation = instrument(engine, meter_provider=provider, keys_per_guard=4)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points: dict[tuple[str, frozenset[tuple[str, object]]], float] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    attrs = frozenset((point.attributes or {}).items())
+                    points[(metric.name, attrs)] = point.value  # type: ignore[union-attr]
+    keys = {
+        dict(attrs)["key"]: value
+        for (name, attrs), value in points.items()
+        if name == "resilience.policyengine.key.state"
+    }
+    assert len(keys) == 5 and keys["k010"] == 1 and keys["other"] == 0
+    trips = points[
+        ("resilience.policyengine.keys.would_trip", frozenset({("guard.name", "upstreams")}))
+    ]
+    assert trips == 0
+    instrumentation.close()
+    provider.shutdown()

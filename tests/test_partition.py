@@ -389,7 +389,7 @@ def test_view_is_bounded_with_open_keys_first(clock: FakeClock) -> None:
     for _ in range(3):
         call(reg, "api-0.example.com", ok=False)
     shown, other = reg.view(5)
-    assert len(shown) == 5 and other == 15
+    assert len(shown) == 5 and other == {"closed": 15}
     assert shown["api-0.example.com"] == "open"
     assert list(shown)[1:] == [f"api-{i}.example.com" for i in (19, 18, 17, 16)]
 
