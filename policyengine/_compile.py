@@ -128,9 +128,9 @@ def _compile_one(
                 old is not None
                 and old.policy.retry is not None
                 and old.policy.retry.budget == policy.retry.budget
-                and old._budget is not None
+                and old.budget is not None
             )
-            budget = old._budget if same and old is not None else None
+            budget = old.budget if same and old is not None else None
             budget = budget or RetryBudget(policy.retry.budget, clock)
     fallback = Fallback(policy.fallback) if policy.fallback is not None else None
     guard = Guard(

@@ -338,7 +338,7 @@ class Engine:
         backend = self._state_backend
         breakers = [] if backend is None else backend.shared_breakers()
         for guard in (*self._guards.values(), *self._removed.values()):
-            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard._budget)
+            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard.budget)
         for part in (*parts, *breakers):
             if part is None or id(part) in done:
                 continue

@@ -1,8 +1,12 @@
 """Guard: one compiled policy, the runtime that a guarded call runs through.
 
-Layer order, outermost first: fallback, total timeout, retry (with budget), breaker, bulkhead,
-attempt timeout, the function. Everything a call needs was built by `_compile`; the call itself
-reads a few attributes, bumps counters, and arms one timer per attempt.
+Layer order, outermost first: fallback, total timeout, retry (with budget), breaker, the
+pluggable layers (`_layer`), bulkhead, attempt timeout, the function. Everything a call needs
+was built by `_compile`; the call itself reads a few attributes, bumps counters, and arms no timer
+of its own (attempts share a deadline queue per loop, see `_timeout`).
+
+Each attempt goes through one `_lifecycle.Attempt`; this module is the async driver (`call`),
+`_sync` the blocking one, `_scope` the `async with` one and `_observe` observe mode's.
 
 `asyncio.CancelledError` (and every other BaseException that is not an Exception) is never
 retried, never counted as a success or failure, and returns every permit it holds.
@@ -15,21 +19,18 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._attempts import (
-    NotAwaitableError,
-    admit,
-    before_retry,
-    count_full,
-    count_open,
-    in_thread,
-    not_awaitable,
-    timed_out,
-    wait_slot,
-)
 from ._breaker import _OPEN
 from ._events import Event
+from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
+from ._matchers import compile_matchers
+from ._models import resolve_matchers
+from ._observe import observe_call as _observe_call
+from ._retry_decision import Retry, decide
+from ._snapshot import GuardSnapshot, guard_snapshot
+from ._sync import call_sync as _call_sync
+from ._threads import in_thread
 from ._timeout import Deadline, DeadlineQueue
-from .exceptions import BulkheadFullError, CircuitOpenError, RejectedError
+from .exceptions import CircuitOpenError, GuardTimeoutError, RejectedError
 
 if TYPE_CHECKING:
     from ._breaker import Breaker
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._events import Listeners
     from ._fallback import Fallback
-    from ._metrics import GuardMetrics
+    from ._layer import AttemptLayer
+    from ._metrics import GuardMetrics, RejectionReason
     from ._models import Policy
     from ._retry import RetryBudget, RetryStrategy
 
@@ -52,31 +54,37 @@ def _always(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
+def _never(exc: BaseException) -> bool:
+    return False
+
+
 class Guard:
     """The compiled runtime of one policy version. Handles (`guard(name)`) point at the newest."""
 
     __slots__ = (
-        "_attempt",
-        "_bounded_wait",
-        "_budget",
-        "_clock",
-        "_emit",
         "_first",
         "_queue",
-        "_retryable",
-        "_threaded",
-        "_timed",
-        "_total",
         "_wait_queue",
+        "attempt_timeout",
+        "bounded_wait",
         "breaker",
+        "budget",
         "bulkhead",
+        "clock",
+        "emit",
         "fallback",
+        "ignores",
+        "layers",
         "max_attempts",
         "metrics",
         "mode",
         "name",
         "policy",
         "retry",
+        "retryable",
+        "threaded",
+        "timed",
+        "total",
     )
 
     def __init__(
@@ -92,30 +100,36 @@ class Guard:
         retry: RetryStrategy | None = None,
         budget: RetryBudget | None = None,
         fallback: Fallback | None = None,
+        layers: tuple[AttemptLayer, ...] = (),
     ) -> None:
         self.name = name
         self.policy = policy
         self.mode = policy.mode
-        self._clock = clock
-        self._emit = emit
+        self.clock = clock
+        self.emit = emit
         self.metrics = metrics
         self.breaker = breaker
         self.bulkhead = bulkhead
         self.retry = retry
-        self._budget = budget
+        self.budget = budget
         self.fallback = fallback
+        self.layers = layers
         self.max_attempts = retry.max_attempts if retry is not None else 1
-        self._retryable = retry.should_retry if retry is not None else _always
+        self.retryable = retry.should_retry if retry is not None else _always
+        ignore = policy.breaker.ignore if policy.breaker is not None else None
+        # the breaker's `ignore` rule, for metrics: an ignored error is neither outcome
+        self.ignores = compile_matchers(resolve_matchers(ignore)) if ignore else _never
         timeout = policy.timeout
-        self._total = timeout.total if timeout is not None else None
-        self._attempt = timeout.attempt if timeout is not None else None
-        self._threaded = bulkhead is not None and bulkhead.kind == "threads"
-        # slow-call rules need durations (from the policy: the breaker is reconfigured later)
-        self._timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
+        self.total = timeout.total if timeout is not None else None
+        self.attempt_timeout = timeout.attempt if timeout is not None else None
+        self.threaded = bulkhead is not None and bulkhead.kind == "threads"
+        # slow-call rules need durations; a call started without one is never slow, even if
+        # a reload adds the rule while it runs (the breaker itself is reconfigured in place)
+        self.timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
         # a bulkhead wait bounded by max_wait or the total deadline needs a timer
-        self._bounded_wait = bulkhead is not None and (
+        self.bounded_wait = bulkhead is not None and (
             (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
-            or self._total is not None
+            or self.total is not None
         )
         self._queue: DeadlineQueue | None = None
         self._wait_queue: DeadlineQueue | None = None
@@ -136,27 +150,47 @@ class Guard:
             return "disabled"
         return self.breaker.state if self.breaker is not None else "closed"
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GuardSnapshot:
         """Metrics, bulkhead use and state, read together (`GuardHandle.metrics()`)."""
-        out = self.metrics.snapshot()
-        bulkhead = self.bulkhead
-        out["queued"] = bulkhead.queued if bulkhead is not None else 0
-        out["bulkhead"] = (
-            None
-            if bulkhead is None
-            else {
-                "active": bulkhead.active,
-                "max_concurrent": bulkhead.max_concurrent,
-                "queued": bulkhead.queued,
-                "max_queue": bulkhead.max_queue,
-            }
-        )
-        out["state"] = self.state
-        breaker = self.breaker
-        out["breaker_failure_rate"] = breaker.failure_rate if breaker is not None else None
-        # a shared breaker that lost its store and runs on this process's own state
-        out["degraded"] = bool(getattr(breaker, "degraded", False))
-        return out
+        return guard_snapshot(self)
+
+    # --------------------------------------------------- counting (off the success path)
+    def count_rejection(self, reason: RejectionReason) -> None:
+        """A rejection after the call was counted (a retry refused, a full bulkhead...)."""
+        self.metrics.count(reason)
+        if self.emit.hot:
+            self.emit(Event("rejected", self.name, {"reason": reason}))
+
+    def refuse(self) -> None:
+        """A call refused at the door: a call, ignored (neither outcome), circuit_open."""
+        self.metrics.refuse()
+        if self.emit.hot:
+            self.emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+
+    def timed_out(self, total: bool, n: int) -> GuardTimeoutError:
+        """Attempt `n` ran past the total deadline (`total`) or its own: counted, announced."""
+        kind = "total" if total else "attempt"
+        seconds = (self.total if total else self.attempt_timeout) or 0.0
+        self.metrics.count("timeouts")
+        self.emit(Event("timeout", self.name, {"kind": kind, "attempt": n}))
+        return GuardTimeoutError(self.name, kind, seconds)
+
+    def deadline(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
+    ) -> Deadline:
+        queue = self._queue
+        if queue is None or queue.loop is not loop:
+            queue = self._queue = DeadlineQueue(loop)
+        return queue.add(task, when)
+
+    def wait_deadline(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
+    ) -> Deadline:
+        """Bulkhead waits get a queue of their own: their lengths differ from attempts'."""
+        queue = self._wait_queue
+        if queue is None or queue.loop is not loop:
+            queue = self._wait_queue = DeadlineQueue(loop)
+        return queue.add(task, when)
 
     # ------------------------------------------------------------ async call
     def call(
@@ -176,9 +210,7 @@ class Guard:
     async def _observe(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        from ._observe import observe_call
-
-        return await observe_call(self, fn, args, kwargs)
+        return await _observe_call(self, fn, args, kwargs)
 
     async def _run_with_fallback(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -189,156 +221,162 @@ class Guard:
             raise  # the caller's mistake: no fallback hides it
         except Exception as exc:
             fallback = self.fallback
-            if fallback is None or fallback.kind_of(exc, self._retryable) is None:
+            if fallback is None or fallback.kind_of(exc, self.retryable) is None:
                 raise
             self.metrics.count("fallbacks")
-            self._emit(Event("fallback", self.name, {"error": type(exc).__name__}))
+            self.emit(Event("fallback", self.name, {"error": type(exc).__name__}))
             return await fallback.produce(exc)
 
-    def _deadline(
-        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
-    ) -> Deadline:
-        queue = self._queue
-        if queue is None or queue.loop is not loop:
-            queue = self._queue = DeadlineQueue(loop)
-        return queue.add(task, when)
-
-    def _wait_deadline(
-        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
-    ) -> Deadline:
-        """Bulkhead waits get a queue of their own: their lengths differ from attempts'."""
-        queue = self._wait_queue
-        if queue is None or queue.loop is not loop:
-            queue = self._wait_queue = DeadlineQueue(loop)
-        return queue.add(task, when)
+    def _door(self, breaker: Breaker) -> int:
+        """The first permit of a call when the breaker is not closed (raises when open)."""
+        if breaker._state == _OPEN and not breaker.observe:
+            # Open: `Breaker.acquire`'s first test, inlined. This is an outage's hot path.
+            now = breaker._now()
+            until = breaker._open_until
+            if now < until:
+                self.metrics.refuse()  # `refuse()`, inlined
+                if self.emit.hot:
+                    self.emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+                raise CircuitOpenError(self.name, until - now, "open")
+        try:
+            return breaker.acquire()
+        except CircuitOpenError:
+            self.refuse()
+            raise
 
     async def _run(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        m = self.metrics
+        """The async driver: attempts through one `Attempt`, inline (no coroutine per attempt:
+        this is the hot path); everything off the success path is a call away."""
         breaker = self.breaker
         permit = 0
         if breaker is not None:
             permit = breaker._closed_permit  # closed: the permit, with no call at all
             if permit < 0:
-                # Open: `Breaker.acquire`'s first test, inlined. This is an outage's hot path,
-                # so the error is raised once, here, with no frame or re-raise in between.
-                if breaker._state == _OPEN and not breaker.observe:
-                    now = breaker._now()
-                    until = breaker._open_until
-                    if now < until:
-                        lock = m.lock  # m.refuse(), inlined
-                        lock.acquire()
-                        m.refused += 1
-                        lock.release()
-                        if self._emit.hot:
-                            self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
-                        raise CircuitOpenError(self.name, until - now, "open")
-                try:
-                    permit = breaker.acquire()
-                except CircuitOpenError:
-                    count_open(self)
-                    raise
+                permit = self._door(breaker)
+        m = self.metrics
         loop = _get_loop()
-        with m.lock:  # m.start(), inlined: this is the hot path
-            m.calls += 1
-            m.in_flight += 1
+        m.start()
         t0 = loop.time()
-        total = self._total
-        deadline = t0 + total if total is not None else None
-        if self._budget is not None:
-            self._budget.record_call()
-        bulkhead, per_attempt = self.bulkhead, self._attempt
-        threaded = self._threaded
-        timed = self._timed
+        deadline = None if self.total is None else t0 + self.total
+        if self.budget is not None:
+            self.budget.record_call()
+        attempt = Attempt(self, permit)
+        clock = self.clock
         outcome = -1
         n = 0
-        previous = 0.0
         try:
             while True:
                 n += 1
-                if n > 1 and breaker is not None:
-                    permit = admit(self, breaker)
-                if bulkhead is not None:
-                    try:
-                        slot = bulkhead.enter(loop)
-                        if slot is not None:
-                            if self._bounded_wait:
-                                await wait_slot(self, bulkhead, slot, loop, deadline)
-                            else:  # unbounded: await the queue's future right here
-                                try:
-                                    await slot
-                                except BaseException:
-                                    bulkhead.leave_queue(slot)
-                                    raise
-                    except BaseException as exc:
-                        if breaker is not None:
-                            breaker.on_release(permit)
-                        if isinstance(exc, BulkheadFullError):
-                            count_full(self)
-                        raise
+                if n > 1 or self.layers:
+                    await self._readmit(attempt, n, loop, deadline)
+                slot = attempt.enter(loop)
+                if slot is not None:
+                    await attempt.wait_slot(slot, loop, deadline if self.bounded_wait else None)
                 when = deadline
-                if per_attempt is not None:
-                    attempt_end = loop.time() + per_attempt
-                    if when is None or attempt_end < when:
-                        when = attempt_end
-                timer = None
+                if self.attempt_timeout is not None:
+                    end = loop.time() + self.attempt_timeout
+                    if when is None or end < when:
+                        when = end
                 if when is not None:
-                    timer = self._deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                started = self._clock.now() if timed else 0.0
-                awaited: object = None
+                    attempt.timer = self.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
+                attempt.started = clock.now()
+                awaited: object = NOT_CALLED
                 try:
-                    if threaded:
-                        result = await in_thread(bulkhead, loop, fn, args, kwargs)  # type: ignore[arg-type]
+                    if self.threaded:
+                        attempt.slot = False  # the thread gives the slot back when it ends
+                        result = await in_thread(self.bulkhead, loop, fn, args, kwargs)  # type: ignore[arg-type]
                     else:
                         awaited = fn(*args, **kwargs)
                         result = await awaited  # type: ignore[misc]
                 except BaseException as exc:
-                    if bulkhead is not None and not threaded:
-                        bulkhead.release()
-                    if isinstance(exc, TypeError) and awaited is not None:
-                        not_awaitable(self, awaited, fn, breaker, permit, timer)
-                    error: BaseException = exc
-                    if timer is not None and isinstance(exc, asyncio.CancelledError):
-                        if not timer.expired():
-                            if breaker is not None:
-                                breaker.on_release(permit)
-                            raise
-                        error = timed_out(self, when == deadline, n)
-                    elif timer is not None:
-                        timer.disarm()
-                    if not isinstance(error, Exception):
-                        if breaker is not None:
-                            breaker.on_release(permit)
+                    step = self._failed(attempt, exc, awaited, fn, n, when == deadline, deadline)
+                    if step is exc:
                         raise
-                    if breaker is not None:
-                        elapsed = self._clock.now() - started if timed else 0.0
-                        breaker.on_failure(permit, error, elapsed)
-                    previous = await before_retry(self, error, n, previous, loop, deadline)
-                    if previous < 0:
-                        if error is exc:
-                            raise
-                        raise error from None
+                    if type(step) is not float:
+                        raise step from None  # type: ignore[misc]
+                    await clock.sleep(step)
                     continue
-                if timer is not None:
-                    timer.disarm()
-                if bulkhead is not None and not threaded:
-                    bulkhead.release()
-                if breaker is not None:
-                    breaker.on_success(permit, self._clock.now() - started if timed else 0.0)
+                attempt.succeeded(clock.now())
                 outcome = 1
                 return result
         except BaseException as exc:
-            if isinstance(exc, Exception) and not isinstance(exc, NotAwaitableError):
-                outcome = -1 if isinstance(exc, RejectedError) and n <= 1 else 0
+            outcome = self._outcome(exc, n)
             raise
         finally:
             m.finish(outcome, loop.time() - t0)
+
+    def _outcome(self, exc: BaseException, n: int) -> int:
+        """The metrics outcome of a call that raised: 0 failure, -1 neither (cancelled, ignored,
+        rejected before any attempt ran, or the caller's own mistake)."""
+        if not isinstance(exc, Exception) or isinstance(exc, NotAwaitableError):
+            return -1
+        if isinstance(exc, RejectedError) and n <= 1:
+            return -1
+        return -1 if self.ignores(exc) else 0
+
+    async def _readmit(
+        self,
+        attempt: Attempt,
+        n: int,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float | None,
+    ) -> None:
+        """Before the bulkhead: a new breaker permit for a retry, then the layers."""
+        if n > 1:
+            attempt.renew()
+        if self.layers:
+            wait = attempt.pass_layers(self.clock.now())
+            if wait > 0.0:
+                await self._layer_wait(attempt, wait, loop, deadline)
+
+    def _failed(
+        self,
+        attempt: Attempt,
+        exc: BaseException,
+        awaited: object,
+        fn: object,
+        n: int,
+        total: bool,
+        deadline: float | None,
+    ) -> BaseException | float:
+        """Attempt `n` raised `exc`: settle it and decide. Returns the backoff sleep before
+        the next attempt, or the error to raise (`exc` itself: re-raise it as it is)."""
+        if isinstance(exc, TypeError) and awaited is not NOT_CALLED:
+            attempt.refuse_not_awaitable(awaited, fn)
+        clock = self.clock
+        error = attempt.failed(exc, total, n, clock.now())
+        if not isinstance(error, Exception):
+            return error
+        remaining = None if deadline is None else deadline - _get_loop().time()
+        decision = decide(self, error, n, attempt.previous, remaining)
+        if type(decision) is not Retry:
+            return error
+        attempt.previous = decision.wait
+        return decision.wait
+
+    async def _layer_wait(
+        self,
+        attempt: Attempt,
+        wait: float,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float | None,
+    ) -> None:
+        """A layer asked the attempt to wait (a rate-limit token later): sleep on the engine's
+        clock, unless the total deadline would pass first."""
+        if deadline is not None and loop.time() + wait >= deadline:
+            self.metrics.count("timeouts")
+            error = GuardTimeoutError(self.name, "total", self.total or 0.0)
+            attempt.give_back("timeout", error)
+            raise error
+        try:
+            await self.clock.sleep(wait)
+        except BaseException as exc:
+            attempt.give_back("cancelled", exc)
+            raise
 
     # ------------------------------------------------------------- sync call
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking `fn` in this thread through the policy (see `_sync`)."""
         return _call_sync(self, fn, args, kwargs)
-
-
-from ._sync import call_sync as _call_sync  # noqa: E402  (needs Guard defined)

@@ -20,6 +20,7 @@ from ._scope import AttemptScope
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._guard import Guard
+    from ._snapshot import GuardSnapshot
 
 __all__ = ["GuardHandle"]
 
@@ -138,7 +139,7 @@ class GuardHandle:
         """ "closed" | "open" | "half_open" | "forced_open" | "disabled"."""
         return self.current().state
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> GuardSnapshot:
         """Counters since the guard was created (kept across reloads) and the state."""
         return self.current().snapshot()
 

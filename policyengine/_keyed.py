@@ -5,7 +5,8 @@ needs to know what a policy is.
 `policy_factories(name, policy, clock, ...)` returns a `LaneFactories` whose
 
 - `breaker` builds the key's breaker from `policy.breaker` (through `make_breaker`, the engine's
-  breaker factory, so a `shared` breaker comes from the state backend), observe-mode included;
+  breaker factory, so a `shared` breaker comes from the state backend, stored per key under
+  `shared_name`), observe-mode included;
 - `bulkhead` returns the policy's one bulkhead (`partition.bulkhead = "shared"`) or a new one per
   key with the policy's limits (`"per_key"`);
 - `update` brings a lane built under older options up to date in place: the breaker is
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from ._guard import Guard
     from ._models import Policy
 
-__all__ = ["guard_runner", "partition_guard", "policy_factories"]
+__all__ = ["guard_runner", "partition_guard", "policy_factories", "shared_name"]
 
 MakeBreaker = Callable[[str, "Policy", "Clock", Callable[["Event"], None]], Breaker]
 
@@ -39,6 +40,13 @@ def _plain_breaker(
 ) -> Breaker:
     assert policy.breaker is not None
     return Breaker(name, policy.breaker, clock, emit, observe=policy.mode == "observe")
+
+
+def shared_name(name: str, key: str) -> str:
+    """The name a key's `shared` breaker is stored under: ``name[key]`` (the state backend
+    encodes it whole into its Redis key, ``{prefix}:breaker:{name%5Bkey%5D}``), so each key has
+    its own state in the store, shared by every process that calls that key."""
+    return f"{name}[{key}]"
 
 
 def policy_factories(
@@ -62,7 +70,8 @@ def policy_factories(
             return None
         if make_breaker is _plain_breaker:  # the usual case, one call less per new key
             return Breaker(name, options, clock, emit, observe=observe)
-        return make_breaker(name, policy, clock, emit)
+        # a shared breaker keeps its state under its name: one per key (`shared_name`)
+        return make_breaker(shared_name(name, key) if options.shared else name, policy, clock, emit)
 
     def bulkhead(key: str) -> Bulkhead | None:
         if limits is None:
@@ -100,7 +109,8 @@ def policy_factories(
 
 def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
     """A runner factory: each lane runs through a guard of its own over the lane's breaker and
-    bulkhead, sharing everything else (metrics, retry, budget, fallback, events) with `guard`,
+    bulkhead, sharing everything else (metrics, retry, budget, fallback, layers, events) with
+    `guard`,
     the policy's. So every driver (`call`, `call_sync`, `async with`, observe mode) serves a key
     unchanged, and a keyed call costs one registry lookup more than an unkeyed one."""
     from ._guard import Guard
@@ -109,14 +119,15 @@ def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
         return Guard(
             guard.name,
             guard.policy,
-            guard._clock,
-            guard._emit,
+            guard.clock,
+            guard.emit,
             guard.metrics,
             breaker=lane.breaker,
             bulkhead=lane.bulkhead,
             retry=guard.retry,
-            budget=guard._budget,
+            budget=guard.budget,
             fallback=guard.fallback,
+            layers=guard.layers,
         )
 
     return runner
@@ -142,7 +153,7 @@ def partition_guard(
     factories = policy_factories(
         guard.name,
         policy,
-        guard._clock,
+        guard.clock,
         make_breaker=make_breaker,
         shared_bulkhead=guard.bulkhead,
         runner=guard_runner(out),
@@ -151,6 +162,6 @@ def partition_guard(
     if isinstance(registry, KeyRegistry):
         commits.append(functools.partial(registry.reconfigure, policy.partition, factories))
     else:
-        registry = KeyRegistry(guard.name, policy.partition, guard._clock, emit, factories)
+        registry = KeyRegistry(guard.name, policy.partition, guard.clock, emit, factories)
     out.bind(registry)
     return out

@@ -18,16 +18,25 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._handle import GuardHandle
 from ._partition import UNKEYED
+from ._snapshot import GuardSnapshot
 
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._guard import Guard
     from ._partition import KeyRegistry
 
-__all__ = ["KeyedHandle", "attempt_guard", "keys_of", "partition_of"]
+__all__ = ["KeySnapshot", "KeyedHandle", "attempt_guard", "keys_of", "partition_of"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class KeySnapshot(GuardSnapshot):
+    """`guard(name).key(k).metrics()`: the policy's counters and the key's own view."""
+
+    key: str
+    kept: bool  # the key has a lane now (else it reads as it would start: closed)
+    breaker: dict[str, object] | None  # the key's breaker counts (`Breaker.snapshot()`)
 
 
 def partition_of(guard: Guard) -> KeyRegistry | None:
@@ -112,7 +121,7 @@ class KeyedHandle(GuardHandle):
             return guard.state
         return registry.state(self.partition_key)
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> KeySnapshot:
         """The policy's counters (calls are counted per policy, not per key: a key costs no
         counters) with this key's view: `key`, `kept`, `state`, `breaker_failure_rate`, the
         key's `breaker` counts, and its own `bulkhead` with `bulkhead = "per_key"`."""
@@ -120,12 +129,14 @@ class KeyedHandle(GuardHandle):
         registry = partition_of(guard)
         lane = None if registry is None else registry.get(self.partition_key)
         runner: Guard | None = None if lane is None else lane.runner
-        out = (runner or guard).snapshot()
-        out["key"] = self.partition_key
-        out["kept"] = lane is not None
+        breaker = None if lane is None else lane.breaker
+        out: KeySnapshot = {
+            **(runner or guard).snapshot(),
+            "key": self.partition_key,
+            "kept": lane is not None,
+            "breaker": None if breaker is None else breaker.snapshot(),
+        }
         if registry is not None and lane is None:
             out["state"] = "disabled" if guard.mode == "disabled" else "closed"
             out["breaker_failure_rate"] = None
-        breaker = None if lane is None else lane.breaker
-        out["breaker"] = None if breaker is None else breaker.snapshot()
         return out

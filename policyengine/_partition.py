@@ -277,7 +277,7 @@ class KeyRegistry:
 
     def _on_event(self, sink: _Sink, event: Event) -> None:
         if event.name != "state_change":
-            self._emit(_keyed(event, sink.key))  # a rejection, stale breaker or not
+            self._emit(_keyed(event, sink.key, self.name))  # a rejection, stale breaker or not
             return
         data = event.data
         before, after = data.get("from"), data.get("to")
@@ -294,7 +294,7 @@ class KeyRegistry:
             elif after == "closed" and lane.open:
                 lane.open = False
                 self._open -= 1
-        self._emit(_keyed(event, sink.key))
+        self._emit(_keyed(event, sink.key, self.name))
 
     def _on_trip(self, sink: _Sink, event: Event) -> None:
         """closed -> open: enforced within the cap, else observed (a fresh breaker)."""
@@ -318,7 +318,7 @@ class KeyRegistry:
                 self.would_trip += 1
             keys_open, keys = self._open, len(self._lanes)
         if enforced:
-            self._emit(_keyed(event, sink.key))
+            self._emit(_keyed(event, sink.key, self.name))
             return
         if factories.runner is not None:
             lane.runner = factories.runner(lane)  # it runs through the fresh breaker
@@ -428,6 +428,7 @@ class KeyRegistry:
                 lane.breaker._after_fork()
 
 
-def _keyed(event: Event, key: str) -> Event:
-    """`event` with the lane's key in its data."""
-    return Event(event.name, event.guard, {**event.data, "key": key})
+def _keyed(event: Event, key: str, guard: str) -> Event:
+    """`event` with the lane's key in its data, under the policy's name (a key's shared breaker
+    has a name of its own)."""
+    return Event(event.name, guard, {**event.data, "key": key})

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 from ._guard import Guard
 from ._partition import UNKEYED, KeyRegistry
+from ._snapshot import GuardSnapshot
 
-__all__ = ["PartitionedGuard"]
+__all__ = ["PartitionSnapshot", "PartitionedGuard"]
 
 T = TypeVar("T")
 
@@ -29,6 +30,14 @@ def _slots(cls: type) -> list[str]:
         slots = klass.__dict__.get("__slots__", ())
         names += [slots] if isinstance(slots, str) else list(slots)
     return [n for n in names if n not in ("__weakref__", "__dict__")]
+
+
+class PartitionSnapshot(GuardSnapshot):
+    """`metrics()` of a partitioned policy: the policy's, and its keys."""
+
+    keys: int  # keys kept now
+    keys_open: int  # of which open, half-open or forced open
+    would_trip: int  # trips past `max_open_ratio`, only observed
 
 
 class PartitionedGuard(Guard):
@@ -76,11 +85,12 @@ class PartitionedGuard(Guard):
             return "disabled"
         return self.partition.state(UNKEYED)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> PartitionSnapshot:
         """The policy's metrics, plus `keys`, `keys_open` and `would_trip` of its lanes."""
-        out = super().snapshot()
         stats = self.partition.stats()
-        out["keys"] = stats["keys"]
-        out["keys_open"] = stats["keys_open"]
-        out["would_trip"] = stats["would_trip"]
-        return out
+        return {
+            **super().snapshot(),
+            "keys": stats["keys"],
+            "keys_open": stats["keys_open"],
+            "would_trip": stats["would_trip"],
+        }

@@ -46,7 +46,7 @@ recording each call into a synchronous one would put a cost on every call.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
 
@@ -56,12 +56,13 @@ from ._metrics import STATE_VALUES
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._guard import Guard
+    from ._snapshot import GuardSnapshot
 
 __all__ = ["EVENTS", "STATE_VALUES", "Instrumentation", "instrument"]
 
 
 # event.name -> (severity, how to read it from a metrics snapshot)
-EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
+EVENTS: dict[str, tuple[str, Callable[[GuardSnapshot], int]]] = {
     "OnRetry": ("Warning", lambda m: m["retries"]),
     "OnTimeout": ("Error", lambda m: m["timeouts"]),
     "OnFallback": ("Warning", lambda m: m["fallbacks"]),
@@ -137,7 +138,7 @@ class Instrumentation:
         self.closed = True
 
     # ------------------------------------------------------------ callbacks
-    def _guards(self) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
+    def _guards(self) -> Iterator[tuple[dict[str, str], GuardSnapshot]]:
         if self.closed:
             return
         for name, guard in sorted(self.engine.guards.items()):
@@ -149,8 +150,8 @@ class Instrumentation:
 
     def _calls(self, _: CallbackOptions) -> Iterator[Observation]:
         for attrs, m in self._guards():
-            for outcome, key in (("success", "successes"), ("failure", "failures")):
-                yield Observation(m[key], {**attrs, "call.outcome": outcome})
+            yield Observation(m["successes"], {**attrs, "call.outcome": "success"})
+            yield Observation(m["failures"], {**attrs, "call.outcome": "failure"})
             yield Observation(m["ignored"], {**attrs, "call.outcome": "ignored"})
 
     def _events(self, _: CallbackOptions) -> Iterator[Observation]:

@@ -117,13 +117,13 @@ class PolicyEngineCollector:
             fam("calls").add_metric([name, "success"], m["successes"])
             fam("calls").add_metric([name, "failure"], m["failures"])
             fam("calls").add_metric([name, "ignored"], m["ignored"])
-            for reason in _REASONS:
-                fam("rejections").add_metric([name, reason], m["rejections"][reason])
+            for reason, count in m["rejections"].items():
+                fam("rejections").add_metric([name, reason], count)
             fam("retries").add_metric(g, m["retries"])
             fam("timeouts").add_metric(g, m["timeouts"])
             fam("fallbacks").add_metric(g, m["fallbacks"])
-            for event in _OBSERVED:
-                fam("observed").add_metric([name, event], m["observed"][event])
+            for event, count in m["observed"].items():
+                fam("observed").add_metric([name, event], count)
             fam("in_flight").add_metric(g, m["in_flight"])
             fam("queued").add_metric(g, m["queued"])
             fam("breaker_state").add_metric(g, STATE_VALUES.get(m["state"], 0))

@@ -172,12 +172,12 @@ def test_locks_held_by_another_thread_at_the_fork_do_not_deadlock_the_child(
     engine = policyengine.load(path, default=False)
     guard = engine.guards["api"]
     assert guard.breaker is not None and guard.bulkhead is not None
-    assert guard._budget is not None
+    assert guard.budget is not None
     locks = [
         guard.breaker._lock,
         guard.metrics.lock,
         guard.bulkhead._lock,
-        guard._budget._lock,
+        guard.budget._lock,
         engine._lock,
         engine._reload_lock,
         _default._lock,

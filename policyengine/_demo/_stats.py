@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 from .._engine import Engine
 from .._events import Event
+from .._snapshot import GuardSnapshot
 
 __all__ = ["Notice", "Row", "Sampler"]
 
@@ -41,7 +42,7 @@ class Row:
     p99: float | None = None
     bulkhead: tuple[int, int, int] | None = None  # (in use, max_concurrent, queued)
     history: list[float] = field(default_factory=list)  # failure share, every HISTORY_STEP s
-    totals: dict[str, Any] = field(default_factory=dict)
+    totals: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ def _quantile(buckets: Sequence[tuple[float, int]], q: float) -> float | None:
     return float("inf")
 
 
-def _buckets(snapshot: dict[str, Any]) -> list[tuple[float, int]]:
+def _buckets(snapshot: GuardSnapshot) -> list[tuple[float, int]]:
     """Every bucket, the +Inf one included (the snapshot's list stops at the last bound)."""
     duration = snapshot["duration"]
     pairs: list[tuple[float, int]] = list(duration["buckets"])
@@ -80,7 +81,7 @@ class Sampler:
     def __init__(self, engine: Engine, names: Sequence[str], *, history: int = 24) -> None:
         self.engine = engine
         self.names = list(names)
-        self._samples: dict[str, collections.deque[tuple[float, dict[str, Any]]]] = {
+        self._samples: dict[str, collections.deque[tuple[float, GuardSnapshot]]] = {
             n: collections.deque() for n in self.names
         }
         self._history = {n: collections.deque[float](maxlen=history) for n in self.names}
@@ -152,8 +153,8 @@ class Sampler:
         name: str,
         guard: Any,
         now: float,
-        snap: dict[str, Any],
-        samples: collections.deque[tuple[float, dict[str, Any]]],
+        snap: GuardSnapshot,
+        samples: collections.deque[tuple[float, GuardSnapshot]],
     ) -> Row:
         row = Row(name, guard.mode, snap["state"], totals=snap)
         bulkhead = guard.bulkhead
@@ -167,7 +168,7 @@ class Sampler:
             row.history = list(history)
             return row
 
-        def rate(key: str) -> float:
+        def rate(key: Literal["retries", "fallbacks", "timeouts"]) -> float:
             return float(snap[key] - base[key]) / span
 
         calls = snap["calls"] - base["calls"]
@@ -175,9 +176,9 @@ class Sampler:
         row.retries_per_s = rate("retries")
         row.fallbacks_per_s = rate("fallbacks")
         row.timeouts_per_s = rate("timeouts")
-        row.rejected_per_s = {
-            r: (snap["rejections"][r] - base["rejections"][r]) / span for r in REASONS
-        }
+        now_r = cast("Mapping[str, int]", snap["rejections"])
+        base_r = cast("Mapping[str, int]", base["rejections"])
+        row.rejected_per_s = {r: (now_r[r] - base_r[r]) / span for r in REASONS}
         if guard.mode == "observe":
             row.rejected_per_s["would_reject"] = (
                 snap["observed"]["would_reject"] - base["observed"]["would_reject"]

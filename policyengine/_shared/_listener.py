@@ -44,7 +44,7 @@ async def listen(backend: RedisBackend) -> None:
             backend.fail(exc)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
         await asyncio.sleep(RETRY_EVERY)
 
 
