@@ -26,7 +26,7 @@ pick up new options lazily, at their next use (one identity test per call), so a
 O(1) however many keys there are; a breaker is reconfigured in place, so every key keeps its
 state (open stays open, counts stay counted) under the new thresholds.
 
-Each breaker reports its transitions through a `_Sink` of its own lane: that is how the
+Each breaker reports its transitions through a `Sink` of its own lane: that is how the
 registry knows which lanes are open (a flag per lane, read under the registry lock) and where
 the cap is applied. A sink of a breaker the lane no longer holds is ignored.
 
@@ -40,17 +40,17 @@ needs a hook inside the breaker (a trip gate consulted under its lock).
 from __future__ import annotations
 
 import math
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._events import Event
+from ._lane import Lane, LaneFactories, Sink
 
 if TYPE_CHECKING:
-    from ._breaker import Breaker
-    from ._bulkhead import Bulkhead
     from ._clock import Clock
     from ._partition_models import PartitionOptions
 
@@ -63,65 +63,11 @@ _SWEEP_STEPS = 8  # lanes looked at per sweep: amortised O(1) per added key
 _NOT_CLOSED = frozenset({"open", "half_open", "forced_open"})
 
 
-@dataclass(frozen=True, slots=True)
-class LaneFactories:
-    """How lanes are built and updated (the compile step's business, not the registry's).
-
-    - `breaker(key, emit)`: a new breaker for `key` reporting to `emit`, or None;
-    - `bulkhead(key)`: the lane's bulkhead (the policy's own when "shared"), or None (as is no
-      `bulkhead` factory at all);
-    - `runner(lane)`: what a call of that lane runs through (e.g. a guard), or None;
-    - `update(lane)`: apply these factories' options to a lane built by older ones, in place
-      (`lane.factories` still names the older ones while it runs);
-    - `own_bulkheads`: `bulkhead` builds one per key (else it hands out the policy's one).
-    """
-
-    breaker: Callable[[str, Callable[[Event], None]], Breaker | None]
-    bulkhead: Callable[[str], Bulkhead | None] | None = None
-    runner: Callable[[Lane], Any] | None = None
-    update: Callable[[Lane], None] | None = None
-    own_bulkheads: bool = False
-
-
-class Lane:
-    """One key's runtime: its breaker, its bulkhead (own or shared) and its runner."""
-
-    __slots__ = ("breaker", "bulkhead", "factories", "key", "open", "runner", "sink", "used")
-
-    def __init__(self, key: str, used: float) -> None:
-        self.key = key
-        self.used = used  # engine clock of the last use
-        self.open = False  # open, half_open or forced_open (from the breaker's events)
-        self.breaker: Breaker | None = None
-        self.bulkhead: Bulkhead | None = None
-        self.runner: Any = None
-        self.sink: _Sink | None = None
-        self.factories: LaneFactories | None = None  # those that built it, or last updated it
-
-    @property
-    def state(self) -> str:
-        breaker = self.breaker
-        return "closed" if breaker is None else breaker.state
-
-
-class _Sink:
-    """The event sink of one breaker of one lane. It names the key, not the lane, so that a
-    dropped lane is garbage at once (no cycle lane -> breaker -> sink -> lane)."""
-
-    __slots__ = ("key", "registry")
-
-    def __init__(self, registry: KeyRegistry, key: str) -> None:
-        self.registry = registry
-        self.key = key
-
-    def __call__(self, event: Event) -> None:
-        self.registry._on_event(self, event)
-
-
 class KeyRegistry:
     """key -> `Lane`, bounded by `max_keys` and `idle_ttl`, with the open-share cap (module doc)."""
 
     __slots__ = (
+        "__weakref__",
         "_cap_ratio",
         "_due",
         "_emit",
@@ -158,6 +104,7 @@ class KeyRegistry:
         self._factories = factories
         self._own = factories.own_bulkheads  # some lane may have a bulkhead of its own
         self._set_options(options)
+        _registries.add(self)  # for the at-fork hook
 
     def _set_options(self, options: PartitionOptions) -> None:
         self._max_keys = options.max_keys
@@ -211,7 +158,7 @@ class KeyRegistry:
 
     def _build(self, lane: Lane, factories: LaneFactories) -> None:
         key = lane.key
-        sink = lane.sink = _Sink(self, key)
+        sink = lane.sink = Sink(self, key)
         lane.breaker = factories.breaker(key, sink)
         if factories.bulkhead is not None:
             lane.bulkhead = factories.bulkhead(key)
@@ -225,7 +172,7 @@ class KeyRegistry:
         if factories.update is not None:
             factories.update(lane)
         elif lane.breaker is None:
-            lane.breaker = factories.breaker(lane.key, lane.sink or _Sink(self, lane.key))
+            lane.breaker = factories.breaker(lane.key, lane.sink or Sink(self, lane.key))
         if factories.runner is not None:
             lane.runner = factories.runner(lane)
         lane.factories = factories
@@ -270,12 +217,12 @@ class KeyRegistry:
 
     # -- events from the lanes' breakers ---------------------------------------------------------
 
-    def _holder(self, sink: _Sink) -> Lane | None:
+    def _holder(self, sink: Sink) -> Lane | None:
         """The lane whose breaker reports to `sink`, if it still is (None: stale)."""
         lane = self._lanes.get(sink.key)
         return lane if lane is not None and lane.sink is sink else None
 
-    def _on_event(self, sink: _Sink, event: Event) -> None:
+    def _on_event(self, sink: Sink, event: Event) -> None:
         if event.name != "state_change":
             self._emit(_keyed(event, sink.key, self.name))  # a rejection, stale breaker or not
             return
@@ -296,13 +243,13 @@ class KeyRegistry:
                 self._open -= 1
         self._emit(_keyed(event, sink.key, self.name))
 
-    def _on_trip(self, sink: _Sink, event: Event) -> None:
+    def _on_trip(self, sink: Sink, event: Event) -> None:
         """closed -> open: enforced within the cap, else observed (a fresh breaker)."""
         lane = self._holder(sink)
         if lane is None:
             return
         factories = lane.factories or self._factories
-        fresh = _Sink(self, sink.key)
+        fresh = Sink(self, sink.key)
         breaker = factories.breaker(sink.key, fresh)  # built before the lock, used if refused
         with self._lock:
             if self._holder(sink) is not lane:
@@ -421,11 +368,28 @@ class KeyRegistry:
             return list(self._lanes.values())
 
     def _after_fork(self) -> None:
-        """In a forked child: a fresh lock (a thread of the parent may have held this one)."""
+        """In a forked child: fresh locks for the registry and every lane's breaker and own
+        bulkhead (a thread of the parent may have held one; see `_fork`). Called by this
+        module's own at-fork hook, so the engine needs no knowledge of lanes."""
         self._lock = threading.Lock()
-        for lane in self.lanes():
+        for lane in list(self._lanes.values()):
             if lane.breaker is not None:
                 lane.breaker._after_fork()
+            factories = lane.factories
+            if lane.bulkhead is not None and factories is not None and factories.own_bulkheads:
+                lane.bulkhead._after_fork()
+
+
+_registries: weakref.WeakSet[KeyRegistry] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_registries):
+        registry._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _keyed(event: Event, key: str, guard: str) -> Event:

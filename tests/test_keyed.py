@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -452,3 +454,51 @@ async def test_opentelemetry_shows_the_same_bounded_view(
     assert trips == 0
     instrumentation.close()
     provider.shutdown()
+
+
+# -- fork -------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_locks_held_at_a_fork_do_not_deadlock_a_keyed_call_in_the_child(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    from forking import CHILD_TIMEOUT, run_in_child
+
+    from policyengine._keyed_handle import partition_of
+
+    engine = make_engine(UPSTREAMS)
+    engine.guard("upstreams").key("a").call_sync(lambda: 1)
+    registry = partition_of(engine._lookup("upstreams"))
+    assert registry is not None
+    breaker = registry.lane("a").breaker
+    assert breaker is not None
+    locks = [registry._lock, breaker._lock]
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        held.set()
+        release.wait(CHILD_TIMEOUT)
+        for lock in reversed(locks):
+            lock.release()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+
+        def child() -> dict[str, object]:
+            handle = engine.guard("upstreams")
+            for _ in range(3):
+                with contextlib.suppress(Boom):
+                    handle.key("a").call_sync(boom_sync)
+            return {"a": handle.key("a").state, "keys": handle.keys()}
+
+        report = run_in_child(child, then=release.set)
+    finally:
+        release.set()
+        holder.join(10)
+    assert report == {"a": "open", "keys": {"a": "open"}}
+    assert engine.guard("upstreams").key("a").state == "closed"  # the parent's own lanes
