@@ -4,9 +4,9 @@ and what an idle closed key costs in memory (tracemalloc).
     .venv/bin/python bench/bench_keyed.py [--quick]
 
 Timing: interleaved rounds (unkeyed, keyed, unkeyed, ...), the median of each; the ratio is the
-figure (these machines are noisy). A keyed call here is `lane(key)` (the registry lookup, the LRU
-touch) plus the lane's runner, a guard over the key's own breaker: what `guard(x).key(k).call`
-does once wired. Keys rotate over 100 hosts.
+figure (these machines are noisy). Unkeyed: `guard(x).call(ok)` of a policy; keyed:
+`guard(x_keyed).key(host).call(ok)` of the same settings with a `partition` (a new keyed handle
+per call, the registry lookup and LRU touch, then the lane's guard). Keys rotate over 100 hosts.
 """
 
 from __future__ import annotations
@@ -26,35 +26,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import ok, timed
 
 import policyengine
-from policyengine._guard import Guard
-from policyengine._keyed import policy_factories
-from policyengine._partition import KeyRegistry, Lane
 from policyengine.testing import FakeClock
 
-POLICIES = """
-[policies.full]
-timeout = { total = "10s", attempt = "2s" }
-[policies.full.retry]
+BASE = {
+    "breaker_only": "[policies.{name}.breaker]\nconsecutive_failures = 5\n",
+    "full": """
+[policies.{name}]
+timeout = {{ total = "10s", attempt = "2s" }}
+[policies.{name}.retry]
 max_attempts = 3
 backoff = "exponential"
 initial_delay = "100ms"
 max_delay = "1s"
-[policies.full.breaker]
+[policies.{name}.breaker]
 consecutive_failures = 5
 failure_rate = 0.5
 window_size = 100
 minimum_calls = 20
-[policies.full.bulkhead]
+[policies.{name}.bulkhead]
 max_concurrent = 100
 max_queue = 100000
-[policies.full.partition]
-max_keys = 1000
+""",
+}
+PARTITION = "[policies.{name}.partition]\nmax_keys = 1000\n"
 
-[policies.breaker_only.breaker]
-consecutive_failures = 5
-[policies.breaker_only.partition]
-max_keys = 1000
-"""
+# each policy twice: as it is (unkeyed) and with a partition (keyed), the same settings
+POLICIES = "".join(
+    body.format(name=name)
+    + body.format(name=f"{name}_keyed")
+    + PARTITION.format(name=f"{name}_keyed")
+    for name, body in BASE.items()
+)
 
 MEMORY = {
     "consecutive (default breaker)": {"breaker": {}},
@@ -71,81 +73,67 @@ MEMORY = {
 }
 
 
-def keyed_registry(engine: policyengine.Engine, name: str) -> KeyRegistry:
-    """The registry the compile step will build: lanes whose runner is a guard over the lane's
-    breaker and bulkhead, sharing everything else with the policy's guard."""
-    guard = engine._lookup(name)
-    policy = guard.policy
-    assert policy.partition is not None
-
-    def runner(lane: Lane) -> Guard:
-        return Guard(
-            name,
-            policy,
-            engine.clock,
-            guard._emit,
-            guard.metrics,
-            breaker=lane.breaker,
-            bulkhead=lane.bulkhead,
-            retry=guard.retry,
-            budget=guard._budget,
-            fallback=guard.fallback,
-        )
-
-    factories = policy_factories(
-        name, policy, engine.clock, shared_bulkhead=guard.bulkhead, runner=runner
-    )
-    return KeyRegistry(name, policy.partition, engine.clock, guard._emit, factories)
-
-
-async def timing(n: int, rounds: int) -> dict[str, tuple[float, float]]:
+async def timing(n: int, rounds: int) -> dict[str, tuple[float, float, float]]:
+    """Per policy: (unkeyed call of the plain policy, keyed call of the partitioned one, unkeyed
+    call of the partitioned one), each the median of `rounds` interleaved rounds, through the
+    public handles."""
     engine = policyengine.loads(POLICIES, default=False)
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, tuple[float, float, float]] = {}
     hosts = [f"api-{i}.example.com" for i in range(100)]
-    for name in ("breaker_only", "full"):
-        guard = engine._lookup(name)
-        registry = keyed_registry(engine, name)
-        rotation = itertools.cycle(hosts)  # the caller's key, the same work in both
+    for name in BASE:
+        plain, keyed = engine.guard(name), engine.guard(f"{name}_keyed")
+        rotation = itertools.cycle(hosts)  # the caller's key: the same work in every body
 
-        async def unkeyed(guard: Guard = guard, rotation: Any = rotation) -> object:
+        async def unkeyed(plain: Any = plain, rotation: Any = rotation) -> object:
             next(rotation)
-            return await guard._first(ok, (), {})
+            return await plain.call(ok)
 
-        async def keyed(registry: KeyRegistry = registry, rotation: Any = rotation) -> object:
-            return await registry.lane(next(rotation)).runner._first(ok, (), {})
+        async def by_key(keyed: Any = keyed, rotation: Any = rotation) -> object:
+            return await keyed.key(next(rotation)).call(ok)
+
+        async def no_key(keyed: Any = keyed, rotation: Any = rotation) -> object:
+            next(rotation)
+            return await keyed.call(ok)
 
         a: list[float] = []
         b: list[float] = []
+        c: list[float] = []
         for _ in range(rounds):
             a.append(await timed(unkeyed, n))
-            b.append(await timed(keyed, n))
-        out[name] = (statistics.median(a), statistics.median(b))
+            b.append(await timed(by_key, n))
+            c.append(await timed(no_key, n))
+        out[name] = (statistics.median(a), statistics.median(b), statistics.median(c))
     engine.close()
     return out
 
 
 def bytes_per_key(sections: dict[str, Any], n: int = 5000) -> float:
-    from policyengine._models import Policy
-
-    sections = {**sections, "partition": {**sections.get("partition", {}), "max_keys": 100_000}}
-    policy = Policy.model_validate(sections)
-    assert policy.partition is not None
-    clock = FakeClock()
-    registry = KeyRegistry(
-        "up", policy.partition, clock, lambda e: None, policy_factories("up", policy, clock)
-    )
+    """tracemalloc bytes per key kept, each called once through `guard(x).key(k).call_sync`."""
+    text = _toml("m", {**sections, "partition": {**sections.get("partition", {}), "max_keys": n}})
+    engine = policyengine.loads(text, clock=FakeClock(), default=False)
+    handle = engine.guard("m")
+    handle.key("warm-up").call_sync(int)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for i in range(n):
-        lane = registry.lane(f"host-{i:06d}.example.com")
-        breaker = lane.breaker
-        assert breaker is not None
-        breaker.on_success(breaker.acquire(), 0.0)  # called once, successfully: idle, closed
+        handle.key(f"host-{i:06d}.example.com").call_sync(int)  # idle, closed, kept
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
+    assert handle.metrics()["keys"] == n
+    engine.close()
     return sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+
+
+def _toml(name: str, sections: dict[str, Any]) -> str:
+    def value(v: Any) -> str:
+        return f'"{v}"' if isinstance(v, str) else str(v)
+
+    return "".join(
+        f"[policies.{name}.{section}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in body.items())
+        for section, body in sections.items()
+    )
 
 
 def main() -> None:
@@ -153,9 +141,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     n, rounds = (2000, 5) if args.quick else (20000, 15)
-    print(f"keyed vs unkeyed call, median of {rounds} interleaved rounds of {n} calls")
-    for name, (plain, keyed) in asyncio.run(timing(n, rounds)).items():
-        print(f"  {name:13s} unkeyed {plain:6.2f} us  keyed {keyed:6.2f} us  x{keyed / plain:.3f}")
+    print(f"through the handles, median of {rounds} interleaved rounds of {n} calls")
+    for name, (plain, keyed, no_key) in asyncio.run(timing(n, rounds)).items():
+        print(
+            f"  {name:13s} unkeyed {plain:6.2f} us  keyed {keyed:6.2f} us  x{keyed / plain:.3f}"
+            f"   (partitioned, no key: x{no_key / plain:.3f})"
+        )
     print("memory per idle closed key (tracemalloc, 5000 keys, each called once)")
     for label, sections in MEMORY.items():
         print(f"  {label:32s} {bytes_per_key(sections):7.0f} B")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ._handle import GuardHandle
+from ._handle import GuardHandle, _default_engine
 from ._partition import UNKEYED
 from ._snapshot import GuardSnapshot
 
@@ -68,7 +68,8 @@ class KeyedHandle(GuardHandle):
 
     def __init__(self, name: str, key: str, engine: Engine | None = None) -> None:
         """`key`, read as `partition_key` (`key()` stays the handle's method)."""
-        super().__init__(name, engine)
+        self.name = name  # GuardHandle's two, set here: one is made per request
+        self._engine = engine
         self.partition_key = key
 
     def __repr__(self) -> str:
@@ -86,8 +87,15 @@ class KeyedHandle(GuardHandle):
     def call(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, T]:
-        """`await guard(name).key(k).call(fn, *args, **kwargs)`."""
-        return self.current()._first(fn, args, kwargs)
+        """`await guard(name).key(k).call(fn, *args, **kwargs)`: `current()`, inlined."""
+        engine = self._engine if self._engine is not None else _default_engine()
+        guard = engine._guards.get(self.name) or engine._lookup(self.name)
+        registry: KeyRegistry | None = getattr(guard, "partition", None)
+        if registry is not None:
+            runner: Guard | None = registry.lane(self.partition_key).runner
+            if runner is not None:
+                guard = runner
+        return guard._first(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking `fn` through the key's lane in this thread."""

@@ -6,12 +6,13 @@ handlers (dotnet/extensions#5021: one sick host opens the circuit for all). A br
 fixes that, and brings two new duties, both borrowed from Envoy's outlier detection:
 
 - Bounded memory. Keys come from traffic, so their number must not grow with it. The lanes sit in
-  one LRU order (an `OrderedDict`, moved to the end on each use): past `max_keys` the least
-  recently used closed, idle lane is dropped, and a closed lane unused for `idle_ttl` (engine
-  clock) is dropped. Both happen lazily, a few steps at a time, when a key is added or the
-  oldest lane fell due (one float comparison per call tells), so the cost is amortised O(1). A
-  lane whose breaker is open, half-open or forced open is never dropped (its state is the point),
-  nor one whose own bulkhead has calls in it. A dropped key that comes back starts afresh.
+  one LRU order (an `OrderedDict`; a use moves a lane to the young end, at most once per
+  `idle_ttl / 100` (1 s at most), so a hot key costs a dict read and a clock read): past
+  `max_keys` the least recently used closed, idle lane is dropped, and a closed lane unused for
+  `idle_ttl` (engine clock) is dropped. Both happen lazily, a few steps at a time, when a key is
+  added or the oldest lane fell due, so the cost is amortised O(1). A lane whose breaker is
+  open, half-open or forced open is never dropped (its state is the point), nor one whose own
+  bulkhead has calls in it. A dropped key that comes back starts afresh.
 - An ejection cap (`max_open_ratio`, Envoy's `max_ejection_percent`). If a fault is fleet-wide,
   opening every key's breaker turns a partial outage into a total one. So at most
   `max(1, floor(max_open_ratio * keys))` lanes may be open at once (at least one, as Envoy
@@ -72,6 +73,7 @@ class KeyRegistry:
         "_due",
         "_emit",
         "_factories",
+        "_grain",
         "_lanes",
         "_lock",
         "_max_keys",
@@ -109,6 +111,7 @@ class KeyRegistry:
     def _set_options(self, options: PartitionOptions) -> None:
         self._max_keys = options.max_keys
         self._ttl = options.idle_ttl
+        self._grain = min(1.0, options.idle_ttl / 100)
         self._cap_ratio = options.max_open_ratio
 
     # -- the hot path ----------------------------------------------------------------------------
@@ -116,25 +119,37 @@ class KeyRegistry:
     def lane(self, key: str) -> Lane:
         """The lane of `key` (made if new), marked as used now.
 
-        The path of a kept key takes no lock: a dict read, a float store and one
-        `OrderedDict.move_to_end` (each atomic). A sweep (under the lock) that drops the lane
-        at the same moment makes `move_to_end` fail, and the locked path takes over."""
-        lanes = self._lanes
-        lane = lanes.get(key)
+        A key used again within `_grain` (idle_ttl / 100, at most 1 s) is not touched again: a
+        dict read, a clock read and two comparisons, no lock. Otherwise `_touch` marks it used
+        and moves it to the young end of the LRU order (the order, and the idle time, are so
+        exact to within `_grain`)."""
+        lane = self._lanes.get(key)
+        if lane is None:
+            return self._add(key, self._now())
         now = self._now()
-        if lane is not None and (lane.open or now - lane.used < self._ttl):
-            lane.used = now
-            try:
-                lanes.move_to_end(key)
-            except KeyError:  # dropped meanwhile
-                return self._add(key, now)
-            if now >= self._due:
-                with self._lock:
-                    self._sweep(now, _SWEEP_STEPS)
-            if lane.factories is not self._factories:
-                self._update(lane)
-            return lane
-        return self._add(key, now)
+        if now - lane.used >= self._grain:
+            return self._touch(key, lane, now)
+        if lane.factories is not self._factories:
+            self._update(lane)
+        return lane
+
+    def _touch(self, key: str, lane: Lane, now: float) -> Lane:
+        """Mark a lane used, with no lock: a float store and one `OrderedDict.move_to_end`
+        (each atomic). A sweep (under the lock) that drops the lane at the same moment makes
+        `move_to_end` fail, and the locked path takes over; so does an idle lane."""
+        if not (lane.open or now - lane.used < self._ttl):
+            return self._add(key, now)
+        lane.used = now
+        try:
+            self._lanes.move_to_end(key)
+        except KeyError:  # dropped meanwhile
+            return self._add(key, now)
+        if now >= self._due:
+            with self._lock:
+                self._sweep(now, _SWEEP_STEPS)
+        if lane.factories is not self._factories:
+            self._update(lane)
+        return lane
 
     def _add(self, key: str, now: float) -> Lane:
         factories = self._factories
@@ -313,36 +328,6 @@ class KeyRegistry:
                 "would_trip": self.would_trip,
                 "dropped": self.dropped,
             }
-
-    def view(self, limit: int) -> tuple[dict[str, str], dict[str, int]]:
-        """A bounded per-key view for exporters: the states of at most `limit` keys (the open
-        ones first, then the most recently used) and how many of the others are in each state
-        (what an exporter folds into ``key="other"``). Closed lanes are read without a lock."""
-        with self._lock:
-            lanes = list(self._lanes.values())
-        opened = [lane for lane in lanes if lane.open]
-        chosen = opened[:limit]
-        if len(chosen) < limit:
-            chosen += [lane for lane in reversed(lanes) if not lane.open][: limit - len(chosen)]
-        shown = {lane.key: lane.state for lane in chosen}
-        rest: dict[str, int] = {}
-        closed = len(lanes) - len(opened) - sum(not lane.open for lane in chosen)
-        if closed:
-            rest["closed"] = closed
-        for lane in opened[limit:]:
-            state = lane.state
-            rest[state] = rest.get(state, 0) + 1
-        return shown, rest
-
-    def census(self) -> dict[str, int]:
-        """How many keys are kept in each state (closed lanes counted without a lock)."""
-        with self._lock:
-            lanes = list(self._lanes.values())
-        out = {"closed": 0, "open": 0, "half_open": 0, "forced_open": 0}
-        for lane in lanes:
-            state = lane.state if lane.open else "closed"
-            out[state] = out.get(state, 0) + 1
-        return out
 
     def __len__(self) -> int:
         return len(self._lanes)

@@ -15,6 +15,7 @@ import policyengine
 from policyengine._breaker import Breaker
 from policyengine._events import Event
 from policyengine._keyed import policy_factories
+from policyengine._keyed_export import view
 from policyengine._models import Policy
 from policyengine._partition import KeyRegistry
 from policyengine.exceptions import CircuitOpenError, PolicyValidationError
@@ -388,7 +389,7 @@ def test_view_is_bounded_with_open_keys_first(clock: FakeClock) -> None:
         call(reg, host)
     for _ in range(3):
         call(reg, "api-0.example.com", ok=False)
-    shown, other = reg.view(5)
+    shown, other = view(reg, 5)
     assert len(shown) == 5 and other == {"closed": 15}
     assert shown["api-0.example.com"] == "open"
     assert list(shown)[1:] == [f"api-{i}.example.com" for i in (19, 18, 17, 16)]
