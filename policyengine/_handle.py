@@ -42,11 +42,12 @@ class GuardHandle:
     """Call through a named policy: `await h.call(fn, ...)`, `h.call_sync(fn, ...)`, `@h`,
     `async with h:` / `with h:` (one attempt)."""
 
-    __slots__ = ("__weakref__", "_engine", "name")
+    __slots__ = ("__weakref__", "_engine", "_keyed", "name")
 
     def __init__(self, name: str, engine: Engine | None = None) -> None:
         self.name = name
         self._engine = engine
+        self._keyed: dict[str, KeyedHandle] | None = None  # `key()`'s handles, made once
 
     def __repr__(self) -> str:
         return f"<GuardHandle {self.name!r} state={self.state!r}>"
@@ -146,11 +147,11 @@ class GuardHandle:
     # ---------------------------------------------------------- keyed guards
     def key(self, key: str) -> KeyedHandle:
         """A handle on `key`'s lane of a partitioned policy (`_keyed_handle`): its own breaker."""
-        return KeyedHandle(self.name, key, self._engine)
+        return keyed_handle(self, key)
 
     def keys(self) -> dict[str, str]:
         """{key: state} of the keys a partitioned policy keeps now ({} without `partition`)."""
         return keys_of(self.current())
 
 
-from ._keyed_handle import KeyedHandle, attempt_guard, keys_of  # noqa: E402  (a subclass)
+from ._keyed_handle import KeyedHandle, attempt_guard, keyed_handle, keys_of  # noqa: E402

@@ -113,10 +113,10 @@ def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
     `guard`,
     the policy's. So every driver (`call`, `call_sync`, `async with`, observe mode) serves a key
     unchanged, and a keyed call costs one registry lookup more than an unkeyed one."""
-    from ._guard import Guard
+    from ._partition_guard import LaneGuard
 
     def runner(lane: Lane) -> Guard:
-        return Guard(
+        out = LaneGuard(
             guard.name,
             guard.policy,
             guard.clock,
@@ -129,6 +129,8 @@ def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
             fallback=guard.fallback,
             layers=guard.layers,
         )
+        out.owner = guard  # deadlines in the policy guard's queues: one timer for every key
+        return out
 
     return runner
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._guard import Guard
     from ._partition import KeyRegistry
 
-__all__ = ["KeySnapshot", "KeyedHandle", "attempt_guard", "keys_of", "partition_of"]
+__all__ = ["KeySnapshot", "KeyedHandle", "attempt_guard", "keyed_handle", "keys_of", "partition_of"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,6 +61,24 @@ def keys_of(guard: Guard) -> dict[str, str]:
     return {} if registry is None else registry.keys()
 
 
+_HANDLES_KEPT = 4096  # keyed handles one handle keeps for reuse (then it starts over)
+
+
+def keyed_handle(handle: GuardHandle, key: str) -> KeyedHandle:
+    """`handle.key(key)`: made once per key and kept (a bounded cache: a request path that does
+    `guard(name).key(host)` allocates nothing after the first time; more than `_HANDLES_KEPT`
+    keys just start the cache over)."""
+    cache = handle._keyed
+    if cache is None:
+        cache = handle._keyed = {}
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= _HANDLES_KEPT:
+            cache.clear()
+        found = cache[key] = KeyedHandle(handle.name, key, handle._engine)
+    return found
+
+
 class KeyedHandle(GuardHandle):
     """`guard(name).key(key)`: call through, and read, one key's lane (see the module)."""
 
@@ -68,8 +86,9 @@ class KeyedHandle(GuardHandle):
 
     def __init__(self, name: str, key: str, engine: Engine | None = None) -> None:
         """`key`, read as `partition_key` (`key()` stays the handle's method)."""
-        self.name = name  # GuardHandle's two, set here: one is made per request
+        self.name = name
         self._engine = engine
+        self._keyed = None
         self.partition_key = key
 
     def __repr__(self) -> str:
@@ -92,7 +111,15 @@ class KeyedHandle(GuardHandle):
         guard = engine._guards.get(self.name) or engine._lookup(self.name)
         registry: KeyRegistry | None = getattr(guard, "partition", None)
         if registry is not None:
-            runner: Guard | None = registry.lane(self.partition_key).runner
+            key = self.partition_key
+            lane = registry._lanes.get(key)  # `KeyRegistry.lane`'s fast path, inlined
+            if (
+                lane is None
+                or registry._now() - lane.used >= registry._grain
+                or lane.factories is not registry._factories
+            ):
+                lane = registry.lane(key)
+            runner: Guard | None = lane.runner
             if runner is not None:
                 guard = runner
         return guard._first(fn, args, kwargs)

@@ -12,14 +12,18 @@ A subclass, so that a policy without `partition` pays nothing: its guard is a pl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._guard import Guard
 from ._partition import UNKEYED, KeyRegistry
 from ._snapshot import GuardSnapshot
 
-__all__ = ["PartitionSnapshot", "PartitionedGuard"]
+if TYPE_CHECKING:
+    from ._timeout import Deadline
+
+__all__ = ["LaneGuard", "PartitionSnapshot", "PartitionedGuard"]
 
 T = TypeVar("T")
 
@@ -94,3 +98,23 @@ class PartitionedGuard(Guard):
             "keys_open": stats["keys_open"],
             "would_trip": stats["would_trip"],
         }
+
+
+class LaneGuard(Guard):
+    """A lane's guard: the policy's guard over the lane's breaker and bulkhead. Its deadlines go
+    to the policy guard's queues (`owner`), so all keys share one timer per loop, as the calls
+    of an unkeyed policy do, and a lane holds no queue of its own."""
+
+    __slots__ = ("owner",)
+
+    owner: Guard
+
+    def deadline(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
+    ) -> Deadline:
+        return self.owner.deadline(loop, task, when)
+
+    def wait_deadline(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
+    ) -> Deadline:
+        return self.owner.wait_deadline(loop, task, when)
