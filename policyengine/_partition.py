@@ -259,15 +259,11 @@ class KeyRegistry:
         self._emit(_keyed(event, sink.key, self.name))
 
     def _on_trip(self, sink: Sink, event: Event) -> None:
-        """closed -> open: enforced within the cap, else observed (a fresh breaker)."""
-        lane = self._holder(sink)
-        if lane is None:
-            return
-        factories = lane.factories or self._factories
-        fresh = Sink(self, sink.key)
-        breaker = factories.breaker(sink.key, fresh)  # built before the lock, used if refused
+        """closed -> open: enforced within the cap, else observed (the lane gets a fresh
+        breaker, built after the decision, outside the lock)."""
         with self._lock:
-            if self._holder(sink) is not lane:
+            lane = self._holder(sink)
+            if lane is None:
                 return
             enforced = lane.open or self._open < self._cap()
             if enforced:
@@ -275,13 +271,17 @@ class KeyRegistry:
                     lane.open = True
                     self._open += 1
             else:
-                lane.sink = fresh
-                lane.breaker = breaker
+                lane.sink = fresh = Sink(self, sink.key)  # the old breaker is stale from now
                 self.would_trip += 1
             keys_open, keys = self._open, len(self._lanes)
         if enforced:
             self._emit(_keyed(event, sink.key, self.name))
             return
+        factories = lane.factories or self._factories
+        breaker = factories.breaker(sink.key, fresh)
+        with self._lock:
+            if lane.sink is fresh:
+                lane.breaker = breaker
         if factories.runner is not None:
             lane.runner = factories.runner(lane)  # it runs through the fresh breaker
         data = {"key": sink.key, "reason": event.data.get("reason"), "keys_open": keys_open}
@@ -348,9 +348,13 @@ class KeyRegistry:
             self._sweep(self._now(), len(self._lanes) + 1)
 
     def lanes(self) -> list[Lane]:
-        """Every lane kept now (for `_fork` and tests)."""
+        """Every lane kept now, each up to date with the options in force (for exporters)."""
         with self._lock:
-            return list(self._lanes.values())
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            if lane.factories is not self._factories:
+                self._update(lane)
+        return lanes
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks for the registry and every lane's breaker and own

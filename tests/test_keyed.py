@@ -229,6 +229,25 @@ async def test_a_reload_keeps_every_keys_state_and_applies_new_thresholds(
     assert g.key("sick").state == "half_open"
 
 
+async def test_a_reload_that_forces_open_reaches_every_key_at_once(
+    on_disk: Callable[[str], tuple[Engine, Path]],
+) -> None:
+    engine, path = on_disk(UPSTREAMS)
+    for host in HOSTS[:4]:
+        await outcome(engine, host)
+    path.write_text(
+        UPSTREAMS.replace('open_duration = "30s"', 'open_duration = "30s"\nforce = "open"')
+    )
+    assert engine.reload() is True
+    g = engine.guard("upstreams")
+    assert g.keys() == {h: "forced_open" for h in HOSTS[:4]}  # not capped: an operator's order
+    assert g.metrics()["keys_open"] == 4 and await outcome(engine, HOSTS[0]) == "rejected"
+    path.write_text(UPSTREAMS)
+    assert engine.reload() is True
+    assert g.keys() == {h: "closed" for h in HOSTS[:4]}
+    assert g.metrics()["keys_open"] == 0 and await outcome(engine, HOSTS[0]) == "ok"
+
+
 async def test_a_bad_reload_touches_no_key(on_disk: Callable[[str], tuple[Engine, Path]]) -> None:
     engine, path = on_disk(UPSTREAMS)
     for _ in range(2):

@@ -398,23 +398,28 @@ def test_view_is_bounded_with_open_keys_first(clock: FakeClock) -> None:
 # -- memory -----------------------------------------------------------------------------------
 
 
-def _bytes_per_key(pol: Policy, n: int = 2000) -> float:
-    clock = FakeClock()
-    reg = registry(clock, pol)
+def _bytes_per_key(text: str, n: int = 2000) -> float:
+    """tracemalloc bytes per key kept, each called once through `guard(x).key(k)`: the lane, its
+    breaker and guard, the registry's entry, the cached keyed handle, the key itself."""
+    engine = policyengine.loads(text, clock=FakeClock(), default=False)
+    handle = engine.guard("up")
+    handle.key("warm-up").call_sync(int)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for i in range(n):
-        call(reg, f"host-{i:06d}.example.com")
+        handle.key(f"host-{i:06d}.example.com").call_sync(int)
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    assert len(reg) == n
+    assert handle.metrics()["keys"] == n + 1
+    engine.close()
     return sum(s.size_diff for s in after.compare_to(before, "filename")) / n
 
 
 def test_an_idle_closed_key_costs_at_most_2_kb() -> None:
-    per_key = _bytes_per_key(policy({"max_keys": 10_000}))
+    text = "[policies.up.breaker]\n[policies.up.partition]\nmax_keys = 10000\n"
+    per_key = _bytes_per_key(text)
     assert per_key <= 2048, f"{per_key:.0f} bytes per idle closed key"
 
 
@@ -429,3 +434,34 @@ def test_lanes_are_garbage_as_soon_as_they_are_dropped() -> None:
     finally:
         gc.enable()
     assert alive == len(reg) == 10  # no cycle keeps a dropped lane's breaker
+
+
+def test_threads_adding_using_and_dropping_keys_keep_the_counts_true(clock: FakeClock) -> None:
+    reg = registry(clock, policy({"max_keys": 50, "idle_ttl": "1m", "max_open_ratio": 0.3}))
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        import random
+
+        rng = random.Random(seed)
+        start.wait()
+        try:
+            for i in range(3000):
+                key = f"k{rng.randrange(200)}"
+                call(reg, key, ok=rng.random() < 0.6)
+                if i % 500 == 0:
+                    clock.advance(7)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    states = reg.keys()
+    opened = sum(state != "closed" for state in states.values())
+    assert reg.stats()["keys_open"] == opened == sum(lane.open for lane in reg.lanes())
+    assert len(states) <= 50 + opened
