@@ -13,7 +13,10 @@ from ._clock import Clock, MonotonicClock
 from ._default import default_engine, guard, load, loads, set_default_engine
 from ._engine import Engine
 from ._events import Event, log_listener
+from ._guard import Guard
 from ._handle import GuardHandle
+from ._loader import PolicySet
+from ._snapshot import GuardSnapshot
 from .exceptions import (
     BulkheadFullError,
     CircuitOpenError,
@@ -31,11 +34,14 @@ __all__ = [
     "Clock",
     "Engine",
     "Event",
+    "Guard",
     "GuardHandle",
+    "GuardSnapshot",
     "GuardTimeoutError",
     "MonotonicClock",
     "PolicyEngineError",
     "PolicyIssue",
+    "PolicySet",
     "PolicyValidationError",
     "RejectedError",
     "UnknownGuardError",

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._breaker import _OPEN
-from ._events import Event
+from ._events import Event, FallbackUsed, Rejected, TimedOut
 from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
 from ._matchers import compile_matchers
 from ._models import resolve_matchers
@@ -50,6 +50,14 @@ _get_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
 
 
+_OPEN_REJECTED = Rejected("circuit_open")
+
+
+async def _open_error(name: str, retry_after: float) -> Any:
+    # The error is built inside the coroutine: raising one built by the caller costs ~1.8x more
+    raise CircuitOpenError(name, retry_after, "open")
+
+
 def _always(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
@@ -66,11 +74,14 @@ class Guard:
         "_queue",
         "_wait_queue",
         "attempt_timeout",
+        "bounded",
         "bounded_wait",
         "breaker",
         "budget",
         "bulkhead",
         "clock",
+        "clocked",
+        "door",
         "emit",
         "fallback",
         "ignores",
@@ -126,6 +137,10 @@ class Guard:
         # slow-call rules need durations; a call started without one is never slow, even if
         # a reload adds the rule while it runs (the breaker itself is reconfigured in place)
         self.timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
+        # an attempt's duration is needed by slow-call rules and by layers, else not measured
+        self.clocked = self.timed or bool(layers)
+        # call_sync cannot stop an attempt: with a timeout it measures it, to count overruns
+        self.bounded = self.total is not None or self.attempt_timeout is not None
         # a bulkhead wait bounded by max_wait or the total deadline needs a timer
         self.bounded_wait = bulkhead is not None and (
             (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
@@ -133,6 +148,10 @@ class Guard:
         )
         self._queue: DeadlineQueue | None = None
         self._wait_queue: DeadlineQueue | None = None
+        # The breaker `call` itself tests (see `refusal`): only where an open circuit simply
+        # raises (enforce mode, no fallback to serve it)
+        plain = self.mode == "enforce" and fallback is None
+        self.door: Breaker | None = breaker if plain else None
         # What `call` runs, chosen once: no mode or fallback test per call.
         if self.mode == "disabled":
             self._first = self._passthrough
@@ -159,20 +178,20 @@ class Guard:
         """A rejection after the call was counted (a retry refused, a full bulkhead...)."""
         self.metrics.count(reason)
         if self.emit.hot:
-            self.emit(Event("rejected", self.name, {"reason": reason}))
+            self.emit(Event.of(self.name, Rejected(reason)))
 
     def refuse(self) -> None:
         """A call refused at the door: a call, ignored (neither outcome), circuit_open."""
         self.metrics.refuse()
         if self.emit.hot:
-            self.emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+            self.emit(Event.of(self.name, _OPEN_REJECTED))
 
     def timed_out(self, total: bool, n: int) -> GuardTimeoutError:
         """Attempt `n` ran past the total deadline (`total`) or its own: counted, announced."""
         kind = "total" if total else "attempt"
         seconds = (self.total if total else self.attempt_timeout) or 0.0
         self.metrics.count("timeouts")
-        self.emit(Event("timeout", self.name, {"kind": kind, "attempt": n}))
+        self.emit(Event.of(self.name, TimedOut(kind, n)))
         return GuardTimeoutError(self.name, kind, seconds)
 
     def deadline(
@@ -197,7 +216,36 @@ class Guard:
         self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
     ) -> Coroutine[Any, Any, T]:
         """`await guard.call(fn, ...)`: run `fn(*args, **kwargs)` through every layer."""
+        door = self.door
+        if door is not None and door._state == _OPEN and not door.observe:
+            now = door._now()  # `refusal()`, inlined: an outage's hot path
+            until = door._open_until
+            if now < until:
+                self.metrics.refuse()
+                if self.emit.hot:
+                    self.emit(Event.of(self.name, _OPEN_REJECTED))
+                return _open_error(self.name, until - now)
         return self._first(fn, args, kwargs)
+
+    def refusal(self, breaker: Breaker) -> Coroutine[Any, Any, Any] | None:
+        """An open circuit's rejection, decided before any coroutine of ours runs: a minimal
+        coroutine that raises the (counted) CircuitOpenError, or None to run the call.
+
+        Why here: this is an outage's hot path, paid by every caller while the dependency is
+        down. Deciding it in `call()` skips the guard's own coroutine frames (the caller still
+        gets a coroutine, so `create_task(guard.call(...))` and `gather` keep working); what is
+        left costs little more than any coroutine that only raises. Half-open and forced states
+        go the long way (`Breaker.acquire` under its lock)."""
+        if breaker._state != _OPEN or breaker.observe:
+            return None
+        now = breaker._now()
+        until = breaker._open_until
+        if now >= until:
+            return None
+        self.metrics.refuse()
+        if self.emit.hot:
+            self.emit(Event.of(self.name, _OPEN_REJECTED))
+        return _open_error(self.name, until - now)
 
     async def _passthrough(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -224,7 +272,7 @@ class Guard:
             if fallback is None or fallback.kind_of(exc, self.retryable) is None:
                 raise
             self.metrics.count("fallbacks")
-            self.emit(Event("fallback", self.name, {"error": type(exc).__name__}))
+            self.emit(Event.of(self.name, FallbackUsed(type(exc).__name__)))
             return await fallback.produce(exc)
 
     def _door(self, breaker: Breaker) -> int:
@@ -236,7 +284,7 @@ class Guard:
             if now < until:
                 self.metrics.refuse()  # `refuse()`, inlined
                 if self.emit.hot:
-                    self.emit(Event("rejected", self.name, {"reason": "circuit_open"}))
+                    self.emit(Event.of(self.name, _OPEN_REJECTED))
                 raise CircuitOpenError(self.name, until - now, "open")
         try:
             return breaker.acquire()
@@ -257,7 +305,11 @@ class Guard:
                 permit = self._door(breaker)
         m = self.metrics
         loop = _get_loop()
-        m.start()
+        lock = m.lock  # m.start(), inlined: this is the hot path
+        lock.acquire()
+        m.calls += 1
+        m.inside += 1
+        lock.release()
         t0 = loop.time()
         deadline = None if self.total is None else t0 + self.total
         if self.budget is not None:
@@ -281,7 +333,8 @@ class Guard:
                         when = end
                 if when is not None:
                     attempt.timer = self.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                attempt.started = clock.now()
+                if self.clocked:
+                    attempt.started = clock.now()
                 awaited: object = NOT_CALLED
                 try:
                     if self.threaded:
@@ -294,11 +347,9 @@ class Guard:
                     step = self._failed(attempt, exc, awaited, fn, n, when == deadline, deadline)
                     if step is exc:
                         raise
-                    if type(step) is not float:
-                        raise step from None  # type: ignore[misc]
-                    await clock.sleep(step)
+                    await clock.sleep(step)  # type: ignore[arg-type]
                     continue
-                attempt.succeeded(clock.now())
+                attempt.succeeded()
                 outcome = 1
                 return result
         except BaseException as exc:
@@ -342,19 +393,21 @@ class Guard:
         deadline: float | None,
     ) -> BaseException | float:
         """Attempt `n` raised `exc`: settle it and decide. Returns the backoff sleep before
-        the next attempt, or the error to raise (`exc` itself: re-raise it as it is)."""
+        the next attempt, or `exc` itself to re-raise as it is; raises the error that ends the
+        call when it is not `exc` (our GuardTimeoutError, or the caller's mistake)."""
         if isinstance(exc, TypeError) and awaited is not NOT_CALLED:
             attempt.refuse_not_awaitable(awaited, fn)
         clock = self.clock
         error = attempt.failed(exc, total, n, clock.now())
-        if not isinstance(error, Exception):
-            return error
-        remaining = None if deadline is None else deadline - _get_loop().time()
-        decision = decide(self, error, n, attempt.previous, remaining)
-        if type(decision) is not Retry:
-            return error
-        attempt.previous = decision.wait
-        return decision.wait
+        if isinstance(error, Exception):
+            remaining = None if deadline is None else deadline - _get_loop().time()
+            decision = decide(self, error, n, attempt.previous, remaining)
+            if type(decision) is Retry:
+                attempt.previous = decision.wait
+                return decision.wait
+        if error is exc:
+            return exc
+        raise error from None
 
     async def _layer_wait(
         self,

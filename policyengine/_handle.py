@@ -15,7 +15,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from ._keyed_handle import KeyedHandle, attempt_guard, keyed_handle, keys_of
+from ._partition_guard import PartitionedGuard
 from ._scope import AttemptScope
+from ._sync import call_sync as _call_sync
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -36,6 +39,29 @@ def _default_engine() -> Engine:
     from ._default import default_engine
 
     return default_engine()
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _is_async(fn: object) -> bool:
+    """An `async def`, a partial of one, or an object whose `__call__` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or not callable(fn):
+        return False
+    return inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _wraps(wrapper: Callable[P, Any], fn: Callable[P, Any]) -> Callable[P, Any]:
+    """`functools.wraps`, plus the defaults that tools reading a signature's values look at."""
+    functools.update_wrapper(wrapper, fn)
+    for attr in ("__defaults__", "__kwdefaults__"):
+        value = getattr(fn, attr, None)
+        if value is not None:
+            setattr(wrapper, attr, value)
+    return wrapper
 
 
 class GuardHandle:
@@ -67,12 +93,20 @@ class GuardHandle:
         """`await handle.call(fn, *args, **kwargs)`: run `fn` through the policy."""
         engine = self._engine if self._engine is not None else _default_engine()
         guard = engine._guards.get(self.name) or engine._lookup(self.name)
+        door = guard.door
+        if door is not None and door._closed_permit < 0:
+            refused = guard.refusal(door)  # an open circuit: decided here, see `Guard.refusal`
+            if refused is not None:
+                return refused
         return guard._first(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking `fn` through the policy in this thread (see the README on timeouts)."""
         engine = self._engine if self._engine is not None else _default_engine()
-        return engine._lookup(self.name).call_sync(fn, *args, **kwargs)
+        guard = engine._guards.get(self.name) or engine._lookup(self.name)
+        if guard.door is None and isinstance(guard, PartitionedGuard):
+            return guard.call_sync(fn, *args, **kwargs)  # in the lane of the key ""
+        return _call_sync(guard, fn, args, kwargs)
 
     @overload
     def __call__(
@@ -83,22 +117,27 @@ class GuardHandle:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate an `async def` or a `def`; the policy in force is used at each call."""
-        if inspect.iscoroutinefunction(fn):
+        """Decorate an `async def` (or an object whose `__call__` is one) or a `def`; the
+        policy in force is used at each call. Generators are refused: a guard bounds one call,
+        and a generator's work happens after it returned."""
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise TypeError(
+                f"guard({self.name!r}) cannot decorate the generator {_name(fn)}: its work runs "
+                "after the call returns; guard each step instead (`async with guard(...)`)"
+            )
+        if _is_async(fn):
 
-            @functools.wraps(fn)
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
                 engine = self._engine if self._engine is not None else _default_engine()
                 return await engine._lookup(self.name)._first(fn, args, kwargs)
 
-            return guarded
+            return _wraps(guarded, fn)
 
-        @functools.wraps(fn)
         def guarded_sync(*args: P.args, **kwargs: P.kwargs) -> Any:
             engine = self._engine if self._engine is not None else _default_engine()
             return engine._lookup(self.name).call_sync(fn, *args, **kwargs)
 
-        return guarded_sync
+        return _wraps(guarded_sync, fn)
 
     # ---------------------------------------------------- one attempt scope
     async def __aenter__(self) -> GuardHandle:
@@ -152,6 +191,3 @@ class GuardHandle:
     def keys(self) -> dict[str, str]:
         """{key: state} of the keys a partitioned policy keeps now ({} without `partition`)."""
         return keys_of(self.current())
-
-
-from ._keyed_handle import KeyedHandle, attempt_guard, keyed_handle, keys_of  # noqa: E402

@@ -32,6 +32,7 @@ from ._layer import Outcome
 from .exceptions import BulkheadFullError, CircuitOpenError, GuardTimeoutError, RejectedError
 
 if TYPE_CHECKING:
+    from ._breaker import Breaker
     from ._guard import Guard
     from ._timeout import Deadline
 
@@ -79,10 +80,13 @@ class Attempt:
         self.slot = False
         self.admitted = 0
         breaker = self.guard.breaker
-        if breaker is None:
-            return
+        if breaker is not None:
+            self.permit = self.take_permit(breaker)
+
+    def take_permit(self, breaker: Breaker) -> int:
+        """The breaker's permit for this attempt, or its CircuitOpenError (counted)."""
         try:
-            self.permit = breaker.acquire()
+            return breaker.acquire()
         except CircuitOpenError:
             self.guard.count_rejection("circuit_open")
             raise
@@ -172,21 +176,25 @@ class Attempt:
 
     # -- giving back ----------------------------------------------------------------------------
 
-    def succeeded(self, now: float) -> None:
+    def succeeded(self) -> None:
         """The function returned: everything back, in order, and the success recorded."""
         timer = self.timer
         if timer is not None:
             timer.disarm()
+        guard = self.guard
         if self.slot:
             self.slot = False
-            self.guard.bulkhead.release()  # type: ignore[union-attr]
-        duration = now - self.started
-        if self.admitted:
-            self._settle("success", None, duration, now)
-        breaker = self.guard.breaker
+            guard.bulkhead.release()  # type: ignore[union-attr]
+        duration = 0.0
+        if guard.clocked:  # slow-call rules or layers need the duration
+            now = guard.clock.now()
+            duration = now - self.started
+            if self.admitted:
+                self._settle("success", None, duration, now)
+        breaker = guard.breaker
         if breaker is not None:
             # slow-call timing as the policy said when the call started (see `Guard.timed`)
-            breaker.on_success(self.permit, duration if self.guard.timed else 0.0)
+            breaker.on_success(self.permit, duration if guard.timed else 0.0)
 
     def failed(self, exc: BaseException, total: bool, n: int, now: float) -> BaseException:
         """The attempt raised `exc`: translate our own deadline into GuardTimeoutError,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ._imports import resolve_handler
 from ._matcher_models import (
@@ -19,6 +19,7 @@ from ._matcher_models import (
     resolve_matchers,
 )
 from ._partition_models import PartitionOptions, check_partition
+from ._state_url import URL_PATTERN, check_state_url
 from ._units import Duration, Ratio, format_duration
 
 __all__ = [
@@ -113,13 +114,19 @@ class RetryOptions(FrozenModel):
             raise FieldError(
                 "backoff", 'backoff = "exponential" needs max_delay (for example max_delay = "2s")'
             )
-        if self.max_delay is not None and self.max_delay < self.initial_delay:
-            raise FieldError(
-                "max_delay",
-                f"max_delay ({format_duration(self.max_delay)}) must not be smaller than "
-                f"initial_delay ({format_duration(self.initial_delay)})",
-            )
         return self
+
+    def delay_warning(self) -> str | None:
+        """A `max_delay` below `initial_delay` is allowed (every delay is capped at it, as in
+        tenacity and Polly) but is almost always a slip: the loader warns with this message."""
+        if self.max_delay is None or self.max_delay >= self.initial_delay:
+            return None
+        return (
+            f"max_delay ({format_duration(self.max_delay)}) is smaller than initial_delay "
+            f"({format_duration(self.initial_delay)}): every delay is capped at max_delay, so "
+            f"each retry waits at most {format_duration(self.max_delay)}; raise max_delay or "
+            "lower initial_delay if that is not what you meant"
+        )
 
 
 class OpenBackoff(FrozenModel):
@@ -240,9 +247,11 @@ class FallbackOptions(FrozenModel):
 
     @field_validator("handler")
     @classmethod
-    def _callable(cls, value: str | None) -> str | None:
+    def _callable(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            resolve_handler(value)
+            context = info.context
+            allow = context.get("allow_modules") if isinstance(context, dict) else None
+            resolve_handler(value, allow)
         return value
 
     @model_validator(mode="after")
@@ -280,12 +289,22 @@ class StateOptions(FrozenModel):
     """Where shared breaker state lives."""
 
     backend: Literal["memory", "redis"] = "memory"
-    url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (backend redis).")
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis://, rediss://, unix://, redis+cluster://h1:p1,h2:p2, "
+        "redis+sentinel://h1:p1,h2:p2/service, valkey://, valkeys:// (backend redis).",
+        json_schema_extra={"pattern": URL_PATTERN},  # editors flag the scheme; we check the rest
+    )
     prefix: str = Field(default="policyengine", min_length=1, description="Key namespace.")
     on_error: Literal["local", "open", "closed"] = Field(
         default="local", description="What breakers do while the store is unreachable."
     )
     timeout: Duration = Field(default=0.05, description="Per store round trip.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        return check_state_url(value)
 
     @model_validator(mode="after")
     def _positive(self) -> StateOptions:

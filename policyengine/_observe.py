@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._events import Event
+from ._events import Event, WouldReject, WouldRetry, WouldTimeout
 from ._lifecycle import Attempt, outcome_of
 from .exceptions import GuardTimeoutError, RejectedError
 
@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 def _would_reject(guard: Guard, reason: str) -> None:
     guard.metrics.count("would_reject")
-    guard.emit(Event("would_reject", guard.name, {"reason": reason}))
+    guard.emit(Event.of(guard.name, WouldReject(reason)))
 
 
 def _enter(guard: Guard) -> Attempt:
@@ -69,16 +69,16 @@ def _leave(guard: Guard, attempt: Attempt, exc: BaseException | None, elapsed: f
     limit = _limit(guard)
     if limit is not None and elapsed > limit:
         guard.metrics.count("would_timeout")
-        guard.emit(Event("would_timeout", guard.name, {"elapsed": elapsed, "limit": limit}))
+        guard.emit(Event.of(guard.name, WouldTimeout(elapsed, limit)))
         if exc is None:
             exc = GuardTimeoutError(guard.name, "attempt", limit)
     if exc is None:
-        attempt.succeeded(now)
+        attempt.succeeded()
         return 1
     attempt.failed(exc, False, 1, now)
     if guard.retry is not None and guard.max_attempts > 1 and guard.retry.should_retry(exc):
         guard.metrics.count("would_retry")
-        guard.emit(Event("would_retry", guard.name, {"error": type(exc).__name__}))
+        guard.emit(Event.of(guard.name, WouldRetry(type(exc).__name__)))
     return -1 if outcome_of(exc, guard.ignores(exc)) == "ignored" else 0
 
 

@@ -31,8 +31,10 @@ Each breaker reports its transitions through a `Sink` of its own lane: that is h
 registry knows which lanes are open (a flag per lane, read under the registry lock) and where
 the cap is applied. A sink of a breaker the lane no longer holds is ignored.
 
-Concurrency: one `threading.Lock` guards the order, the counts and the lanes' flags. It is never
-held while calling into a breaker or a factory (a breaker emits from inside its methods).
+Concurrency: one `threading.Lock` guards the order, the counts and the lanes' flags: every change
+of the order is made under it (a sweep iterates the order), reads of one lane (`dict.get`) are
+not. It is never held while calling into a breaker or a factory (a breaker emits from inside its
+methods).
 Between a trip the cap refuses and the swap to a fresh breaker, another thread may see the old
 breaker open for a moment (microseconds; coroutines on one loop never do): closing that window
 needs a hook inside the breaker (a trip gate consulted under its lock).
@@ -120,9 +122,9 @@ class KeyRegistry:
         """The lane of `key` (made if new), marked as used now.
 
         A key used again within `_grain` (idle_ttl / 100, at most 1 s) is not touched again: a
-        dict read, a clock read and two comparisons, no lock. Otherwise `_touch` marks it used
-        and moves it to the young end of the LRU order (the order, and the idle time, are so
-        exact to within `_grain`)."""
+        dict read (atomic), a clock read and two comparisons, no lock. Otherwise `_touch` marks
+        it used and moves it to the young end of the LRU order, under the lock (so the order,
+        and the idle time, are exact to within `_grain`)."""
         lane = self._lanes.get(key)
         if lane is None:
             return self._add(key, self._now())
@@ -134,19 +136,17 @@ class KeyRegistry:
         return lane
 
     def _touch(self, key: str, lane: Lane, now: float) -> Lane:
-        """Mark a lane used, with no lock: a float store and one `OrderedDict.move_to_end`
-        (each atomic). A sweep (under the lock) that drops the lane at the same moment makes
-        `move_to_end` fail, and the locked path takes over; so does an idle lane."""
-        if not (lane.open or now - lane.used < self._ttl):
+        """Mark a lane used and move it to the young end, under the lock (every change of the
+        order is: a sweep iterates it). A lane dropped meanwhile, or idle, is made afresh."""
+        with self._lock:
+            kept = self._lanes.get(key) is lane and self._kept(lane, now)
+            if kept:
+                lane.used = now
+                self._lanes.move_to_end(key)
+                if now >= self._due:
+                    self._sweep(now, _SWEEP_STEPS)
+        if not kept:
             return self._add(key, now)
-        lane.used = now
-        try:
-            self._lanes.move_to_end(key)
-        except KeyError:  # dropped meanwhile
-            return self._add(key, now)
-        if now >= self._due:
-            with self._lock:
-                self._sweep(now, _SWEEP_STEPS)
         if lane.factories is not self._factories:
             self._update(lane)
         return lane

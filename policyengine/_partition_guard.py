@@ -71,6 +71,11 @@ class PartitionedGuard(Guard):
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
         runner: Guard = self.partition.lane(UNKEYED).runner
+        door = runner.door
+        if door is not None and door._closed_permit < 0:
+            refused = runner.refusal(door)  # an open circuit, decided as `Guard.call` does
+            if refused is not None:
+                return refused
         return runner._first(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

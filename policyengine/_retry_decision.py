@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from ._events import Event
+from ._events import BudgetExhausted, Event, RetryScheduled
 from ._retry import add_budget_note
 from .exceptions import GuardTimeoutError
 
@@ -79,10 +79,8 @@ def decide(
     if budget is not None and not budget.try_acquire_retry():
         add_budget_note(exc, guard.name)
         guard.metrics.count("budget_exhausted")
-        guard.emit(Event("budget_exhausted", guard.name, {"attempt": n}))
+        guard.emit(Event.of(guard.name, BudgetExhausted(n)))
         return Stop("budget")
     guard.metrics.count("retries")
-    guard.emit(
-        Event("retry", guard.name, {"attempt": n, "delay": wait, "error": type(exc).__name__})
-    )
+    guard.emit(Event.of(guard.name, RetryScheduled(n, wait, type(exc).__name__)))
     return Retry(wait)

@@ -97,7 +97,7 @@ class AttemptScope:
         now = guard.clock.now()
         duration = now - self._t0
         if exc is None:
-            attempt.succeeded(now)
+            attempt.succeeded()
             guard.metrics.finish(1, duration)
             return False
         total = self._limit is not None and self._limit == guard.total

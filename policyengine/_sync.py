@@ -17,12 +17,12 @@ A bulkhead wait that the total deadline (not `max_wait`) cut short raises `Guard
 from __future__ import annotations
 
 import concurrent.futures
-import inspect
 import time
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._events import Event
+from ._events import Event, FallbackUsed
 from ._lifecycle import Attempt
 from ._observe import observe_sync
 from ._retry_decision import Retry, decide
@@ -36,6 +36,7 @@ __all__ = ["NotBlockingError", "call_sync"]
 
 T = TypeVar("T")
 _monotonic = time.monotonic
+_Coroutine = types.CoroutineType
 
 
 def call_sync(
@@ -61,7 +62,7 @@ def _fall_back(guard: Guard, exc: Exception) -> Any:  # the fallback's value or 
     if fallback is None or fallback.kind_of(exc, guard.retryable) is None:
         raise exc
     guard.metrics.count("fallbacks")
-    guard.emit(Event("fallback", guard.name, {"error": type(exc).__name__}))
+    guard.emit(Event.of(guard.name, FallbackUsed(type(exc).__name__)))
     return fallback.produce_sync(exc)
 
 
@@ -70,11 +71,15 @@ class NotBlockingError(TypeError):
 
 
 def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """The blocking driver: attempts through one `Attempt`, inline on the success path."""
     m = guard.metrics
-    m.start()
+    lock = m.lock  # m.start(), inlined
+    lock.acquire()
+    m.calls += 1
+    m.inside += 1
+    lock.release()
     t0 = _monotonic()
-    total = guard.total
-    deadline = t0 + total if total is not None else None
+    deadline = None if guard.total is None else t0 + guard.total
     if guard.budget is not None:
         guard.budget.record_call()
     attempt = Attempt(guard, 0)
@@ -83,18 +88,59 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
     try:
         while True:
             n += 1
-            result = _attempt(guard, attempt, n, deadline, fn, args, kwargs)
-            if not isinstance(result, Retry):
-                outcome = 1
-                return result
+            _admit(guard, attempt, deadline)
+            if guard.clocked:
+                attempt.started = guard.clock.now()
+            a0 = _monotonic() if guard.bounded else 0.0
+            try:
+                if guard.threaded:
+                    result = _in_pool(guard, attempt, n, deadline, fn, args, kwargs)
+                else:
+                    result = fn(*args, **kwargs)
+            except BaseException as exc:
+                wait = _failed(guard, attempt, exc, n, a0, deadline)
+                if wait is None:
+                    raise
+                guard.clock.sleep_sync(wait)
+                continue
+            if type(result) is _Coroutine:
+                _refuse_coroutine(guard, attempt, fn, result)
+            if guard.bounded:
+                _note_overrun(guard, a0, deadline)
+            attempt.succeeded()
+            outcome = 1
+            return result
     except BaseException as exc:
-        if isinstance(exc, Exception) and not isinstance(exc, NotBlockingError):
-            outcome = -1 if isinstance(exc, RejectedError) and n <= 1 else 0
-            if outcome == 0 and guard.ignores(exc):
-                outcome = -1
+        outcome = _outcome(guard, exc, n)
         raise
     finally:
         m.finish(outcome, _monotonic() - t0)
+
+
+def _outcome(guard: Guard, exc: BaseException, n: int) -> int:
+    """The metrics outcome of a call that raised (see `Guard._outcome`)."""
+    if not isinstance(exc, Exception) or isinstance(exc, NotBlockingError):
+        return -1
+    if isinstance(exc, RejectedError) and n <= 1:
+        return -1
+    return -1 if guard.ignores(exc) else 0
+
+
+def _failed(
+    guard: Guard, attempt: Attempt, exc: BaseException, n: int, a0: float, deadline: float | None
+) -> float | None:
+    """Attempt `n` raised `exc`: settle it, and the sleep before the next one (None: stop)."""
+    error = attempt.failed(exc, False, n, guard.clock.now())
+    if not isinstance(error, Exception):
+        return None
+    if guard.bounded and not isinstance(error, GuardTimeoutError):  # ours is counted already
+        _note_overrun(guard, a0, deadline)
+    remaining = None if deadline is None else deadline - _monotonic()
+    decision = decide(guard, error, n, attempt.previous, remaining)
+    if type(decision) is not Retry:
+        return None
+    attempt.previous = decision.wait
+    return decision.wait
 
 
 def _admit(guard: Guard, attempt: Attempt, deadline: float | None) -> None:
@@ -102,24 +148,36 @@ def _admit(guard: Guard, attempt: Attempt, deadline: float | None) -> None:
     if deadline is not None and _monotonic() >= deadline:
         guard.metrics.count("timeouts")
         raise GuardTimeoutError(guard.name, "total", guard.total or 0.0)
-    attempt.renew()
-    clock = guard.clock
+    breaker = guard.breaker
+    if breaker is not None:
+        permit = breaker._closed_permit  # closed: the permit, with no call at all
+        attempt.permit = permit if permit >= 0 else attempt.take_permit(breaker)
     if guard.layers:
-        wait = attempt.pass_layers(clock.now())
-        if wait > 0.0:
-            if deadline is not None and _monotonic() + wait >= deadline:
-                guard.metrics.count("timeouts")
-                late = GuardTimeoutError(guard.name, "total", guard.total or 0.0)
-                attempt.give_back("timeout", late)
-                raise late
-            try:
-                clock.sleep_sync(wait)
-            except BaseException as exc:
-                attempt.give_back("cancelled", exc)
-                raise
-    bulkhead = guard.bulkhead
-    if bulkhead is None:
+        _pass_layers(guard, attempt, deadline)
+    if guard.bulkhead is not None:
+        _take_slot(guard, attempt, deadline)
+
+
+def _pass_layers(guard: Guard, attempt: Attempt, deadline: float | None) -> None:
+    clock = guard.clock
+    wait = attempt.pass_layers(clock.now())
+    if wait <= 0.0:
         return
+    if deadline is not None and _monotonic() + wait >= deadline:
+        guard.metrics.count("timeouts")
+        late = GuardTimeoutError(guard.name, "total", guard.total or 0.0)
+        attempt.give_back("timeout", late)
+        raise late
+    try:
+        clock.sleep_sync(wait)
+    except BaseException as exc:
+        attempt.give_back("cancelled", exc)
+        raise
+
+
+def _take_slot(guard: Guard, attempt: Attempt, deadline: float | None) -> None:
+    bulkhead = guard.bulkhead
+    assert bulkhead is not None
     try:
         bulkhead.acquire_sync(None if deadline is None else deadline - _monotonic())
     except BaseException as exc:
@@ -140,43 +198,6 @@ def _queue_error(guard: Guard, exc: BaseException, deadline: float | None) -> Ba
         return GuardTimeoutError(guard.name, "total", guard.total or 0.0)
     guard.count_rejection("bulkhead_full")
     return exc
-
-
-def _attempt(
-    guard: Guard,
-    attempt: Attempt,
-    n: int,
-    deadline: float | None,
-    fn: Callable[..., T],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> T | Retry:
-    _admit(guard, attempt, deadline)
-    clock = guard.clock
-    attempt.started = clock.now()
-    a0 = _monotonic()
-    try:
-        if guard.threaded:
-            result = _in_pool(guard, attempt, n, deadline, fn, args, kwargs)
-        else:
-            result = fn(*args, **kwargs)
-    except BaseException as exc:
-        error = attempt.failed(exc, False, n, clock.now())
-        if not isinstance(error, Exception):
-            raise
-        _note_overrun(guard, a0, deadline)
-        remaining = None if deadline is None else deadline - _monotonic()
-        decision = decide(guard, error, n, attempt.previous, remaining)
-        if type(decision) is not Retry:
-            raise
-        clock.sleep_sync(decision.wait)
-        attempt.previous = decision.wait
-        return decision
-    if inspect.iscoroutine(result):
-        _refuse_coroutine(guard, attempt, fn, result)
-    _note_overrun(guard, a0, deadline)
-    attempt.succeeded(clock.now())
-    return result
 
 
 def _in_pool(

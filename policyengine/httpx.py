@@ -199,10 +199,12 @@ class _Guarding:
         return rule
 
     @staticmethod
-    def _keyed(handle: GuardHandle, rule: _StatusRule, request: httpx.Request) -> GuardHandle:
+    def _keyed(
+        handle: GuardHandle, rule: _StatusRule, request: httpx.Request
+    ) -> GuardHandle | KeyedHandle:
         """A partitioned policy's handle on the request's authority (see the module)."""
-        if partition_of(rule.guard) is None or isinstance(handle, KeyedHandle):
-            return handle  # unpartitioned, or keyed by the caller
+        if partition_of(rule.guard) is None:
+            return handle
         url = request.url
         return handle.key(url.host if url.port is None else f"{url.host}:{url.port}")
 
@@ -258,12 +260,12 @@ class GuardedTransport(_Guarding, httpx.AsyncBaseTransport):
         if handle is None:
             return await self._transport.handle_async_request(request)
         rule = self._rule(handle)
-        handle = self._keyed(handle, rule, request)
+        target = self._keyed(handle, rule, request)
         try:
             if self._single_attempt(request, rule.guard):
-                async with handle:
+                async with target:
                     return await self._attempt(request, rule)
-            result = await handle.call(self._attempt, request, rule)
+            result = await target.call(self._attempt, request, rule)
         except RetryableStatusError as exc:
             return exc.response
         return self._response(result, handle)
@@ -306,12 +308,12 @@ class GuardedSyncTransport(_Guarding, httpx.BaseTransport):
         if handle is None:
             return self._transport.handle_request(request)
         rule = self._rule(handle)
-        handle = self._keyed(handle, rule, request)
+        target = self._keyed(handle, rule, request)
         try:
             if self._single_attempt(request, rule.guard):
-                with handle:
+                with target:
                     return self._attempt(request, rule)
-            result = handle.call_sync(self._attempt, request, rule)
+            result = target.call_sync(self._attempt, request, rule)
         except RetryableStatusError as exc:
             return exc.response
         return self._response(result, handle)
