@@ -521,3 +521,32 @@ def test_locks_held_at_a_fork_do_not_deadlock_a_keyed_call_in_the_child(
         holder.join(10)
     assert report == {"a": "open", "keys": {"a": "open"}}
     assert engine.guard("upstreams").key("a").state == "closed"  # the parent's own lanes
+
+
+async def test_a_bulkhead_per_key_fills_for_its_key_only(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(
+        UPSTREAMS.replace("max_open_ratio = 0.5", 'max_open_ratio = 0.5\nbulkhead = "per_key"')
+        + "[policies.upstreams.bulkhead]\nmax_concurrent = 1\n"
+    )
+    g = engine.guard("upstreams")
+    gate = asyncio.Event()
+
+    async def hold() -> str:
+        await gate.wait()
+        return "ok"
+
+    held = asyncio.create_task(g.key("a").call(hold))
+    await asyncio.sleep(0)
+    with pytest.raises(policyengine.BulkheadFullError):
+        await g.key("a").call(ok)
+    assert await g.key("b").call(ok) == "ok"  # another key, another bulkhead
+    assert g.key("a").metrics()["bulkhead"] == {
+        "active": 1,
+        "max_concurrent": 1,
+        "queued": 0,
+        "max_queue": 0,
+    }
+    gate.set()
+    assert await held == "ok"
