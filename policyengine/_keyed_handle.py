@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._partition import UNKEYED
+from ._partition_guard import PartitionedGuard
 from ._scope import AttemptScope
 from ._snapshot import GuardSnapshot
 
@@ -93,12 +94,13 @@ def keyed_handle(handle: GuardHandle, key: str) -> KeyedHandle:
 class KeyedHandle:
     """`guard(name).key(key)`: call through, and read, one key's lane (see the module)."""
 
-    __slots__ = ("__weakref__", "handle", "key", "name")
+    __slots__ = ("__weakref__", "_engine", "handle", "key", "name")
 
     def __init__(self, handle: GuardHandle, key: str) -> None:
         self.handle = handle
         self.name = handle.name
         self.key = key
+        self._engine = handle._engine  # None: the default engine, looked up at each use
 
     def __repr__(self) -> str:
         return f"<KeyedHandle {self.name!r} key={self.key!r} state={self.state!r}>"
@@ -122,9 +124,10 @@ class KeyedHandle:
     ) -> Coroutine[Any, Any, T]:
         """`await guard(name).key(k).call(fn, *args, **kwargs)`: as `GuardHandle.call`, in the
         key's lane (the registry's fast path inlined: this is every keyed request's path)."""
-        guard = self._policy()
-        registry: KeyRegistry | None = getattr(guard, "partition", None)
-        if registry is not None:
+        engine = self._engine if self._engine is not None else self.handle.engine
+        guard = engine._guards.get(self.name) or engine._lookup(self.name)
+        if guard.__class__ is PartitionedGuard:
+            registry = guard.partition
             key = self.key
             lane = registry._lanes.get(key)
             if (
