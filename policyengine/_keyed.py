@@ -11,7 +11,8 @@ needs to know what a policy is.
   key with the policy's limits (`"per_key"`);
 - `update` brings a lane built under older options up to date in place: the breaker is
   reconfigured (state and counts kept), its observe flag set, an own bulkhead resized (held
-  permits stay counted); a layer the policy dropped is dropped, one it gained is built.
+  permits stay counted); a layer the policy dropped is dropped, one it gained is built (so is a
+  breaker whose `shared` changed: its state is elsewhere).
 """
 
 from __future__ import annotations
@@ -82,10 +83,9 @@ def policy_factories(
 
     def update(lane: Lane) -> None:
         current = lane.breaker
-        if options is None:
-            lane.breaker = None
-        elif current is None:
-            lane.breaker = breaker(lane.key, lane.sink) if lane.sink is not None else None
+        shared_now = getattr(current, "_backend", None) is not None  # from the state backend
+        if options is None or current is None or shared_now != options.shared:
+            lane.breaker = None  # none now, or of another kind: the registry builds anew
         else:
             current.reconfigure(options)
             current.observe = observe

@@ -182,12 +182,22 @@ class KeyRegistry:
         lane.factories = factories
 
     def _update(self, lane: Lane) -> None:
-        """Bring a lane built by older factories up to date, keeping its state."""
+        """Bring a lane built by older factories up to date, keeping its state. When `update`
+        leaves the lane no breaker (the policy lost its breaker, or its kind changed: `shared`),
+        the lane gets a new one, if the factories make any, with a sink of its own, closed."""
         factories = self._factories
         if factories.update is not None:
             factories.update(lane)
-        elif lane.breaker is None:
-            lane.breaker = factories.breaker(lane.key, lane.sink or Sink(self, lane.key))
+        if lane.breaker is None:
+            sink = Sink(self, lane.key)
+            breaker = factories.breaker(lane.key, sink)
+            with self._lock:
+                if self._lanes.get(lane.key) is lane:
+                    lane.sink = sink
+                if lane.open:
+                    lane.open = False
+                    self._open -= 1
+            lane.breaker = breaker
         if factories.runner is not None:
             lane.runner = factories.runner(lane)
         lane.factories = factories

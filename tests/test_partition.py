@@ -465,3 +465,21 @@ def test_threads_adding_using_and_dropping_keys_keep_the_counts_true(clock: Fake
     opened = sum(state != "closed" for state in states.values())
     assert reg.stats()["keys_open"] == opened == sum(lane.open for lane in reg.lanes())
     assert len(states) <= 50 + opened
+
+
+def test_a_reload_that_drops_the_breaker_leaves_no_key_counted_open(clock: FakeClock) -> None:
+    pol = policy({"bulkhead": "per_key", "max_open_ratio": 1.0}, bulkhead={"max_concurrent": 2})
+    reg = registry(clock, pol)
+    for _ in range(3):
+        call(reg, "a", ok=False)
+    assert reg.stats()["keys_open"] == 1
+    bare = Policy.model_validate(
+        {"bulkhead": {"max_concurrent": 2}, "partition": {"bulkhead": "per_key"}}
+    )
+    assert bare.partition is not None
+    reg.reconfigure(bare.partition, policy_factories("up", bare, clock))
+    assert reg.keys() == {"a": "closed"} and reg.stats()["keys_open"] == 0
+    assert reg.lane("a").breaker is None
+    assert pol.partition is not None
+    reg.reconfigure(pol.partition, policy_factories("up", pol, clock))  # the breaker is back
+    assert reg.lane("a").breaker is not None and reg.state("a") == "closed"
