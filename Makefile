@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
+DEMO   := $(VENV)/.installed-demo
 
 .PHONY: demo test lint fuzz soak bench clean
 
@@ -10,9 +11,15 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO)
 
-demo: $(STAMP)            ## the live demo on the example policies (in-memory state)
+# The demo needs the library and rich, nothing else: no dev tools, no peer libraries.
+$(DEMO): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $(DEMO)
+
+demo: $(DEMO)             ## the live demo on the example policies (in-memory state)
 	$(VENV)/bin/policyengine demo
 
 test: $(STAMP)            ## the whole test suite
@@ -37,6 +44,7 @@ bench: $(STAMP)           ## every benchmark, one after the other (ratios matter
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_reload.py
 	$(PY) bench/bench_redis.py
+	$(PY) bench/bench_cascade.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

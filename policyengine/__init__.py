@@ -9,6 +9,9 @@ file that is validated, compiled into guards, and reloaded live without losing b
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from ._clock import Clock, MonotonicClock
 from ._default import default_engine, guard, load, loads, set_default_engine
 from ._engine import Engine
@@ -24,7 +27,9 @@ from .exceptions import (
     PolicyEngineError,
     PolicyIssue,
     PolicyValidationError,
+    RateLimitedError,
     RejectedError,
+    ThrottledError,
     UnknownGuardError,
 )
 
@@ -43,7 +48,9 @@ __all__ = [
     "PolicyIssue",
     "PolicySet",
     "PolicyValidationError",
+    "RateLimitedError",
     "RejectedError",
+    "ThrottledError",
     "UnknownGuardError",
     "default_engine",
     "guard",
@@ -54,3 +61,8 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+try:
+    __version__ = _version("resilience-policyengine")  # the distribution's name (see README)
+except PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"

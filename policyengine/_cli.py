@@ -33,6 +33,7 @@ __all__ = ["COMMAND_MODULES", "add_import_option", "import_paths", "main"]
 
 COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module, e.g. "policyengine._simulate",
+    "policyengine._top",
 )
 """Modules adding a subcommand through their ``add_parser(sub)`` (see the module docstring)."""
 

@@ -21,6 +21,7 @@ import functools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
+from ._admission import admission_layers
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
@@ -133,6 +134,10 @@ def _compile_one(
             budget = old.budget if same and old is not None else None
             budget = budget or RetryBudget(policy.retry.budget, clock)
     fallback = Fallback(policy.fallback) if policy.fallback is not None else None
+    layers = admission_layers(
+        name, policy, old.layers if old is not None else (), clock, emit, commits,
+        getattr(make_breaker, "__self__", None),
+    )  # fmt: skip
     guard = Guard(
         name,
         policy,
@@ -144,6 +149,7 @@ def _compile_one(
         retry=retry,
         budget=budget,
         fallback=fallback,
+        layers=layers,
     )
     if policy.partition is not None:  # a breaker (and bulkhead) per key: `_keyed`
         guard = partition_guard(guard, old, make_breaker, _counting(emit, metrics), commits)

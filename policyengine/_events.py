@@ -6,7 +6,9 @@ Event names: ``state_change``, ``rejected``, ``retry``, ``timeout``, ``fallback`
 applied a new ``[state]``; data ``from``/``to`` as ``status()["state"]`` says, url redacted,
 ``how`` ``"retuned"`` or ``"new backend"``, ``renewed`` the policies given a new shared breaker),
 and, with a Redis ``[state]``, ``store_degraded`` (WARNING: the store failed; shared breakers
-fall back to ``on_error``) and ``store_recovered`` (INFO).
+fall back to ``on_error``) and ``store_recovered`` (INFO); ``rate_limit_paused`` (a 429/503 with
+Retry-After paused a rate limit: ``seconds``, ``key``), ``throttling`` and ``throttling_stopped``
+(adaptive throttling started or stopped shedding: ``requests``, ``accepts``, ``probability``).
 
 `log_listener` logs to the ``policyengine`` logger:
 
@@ -65,7 +67,8 @@ EventName = Literal[
     "state_change", "rejected", "retry", "timeout", "fallback", "budget_exhausted",
     "would_reject", "would_retry", "would_timeout", "hedge", "injected",
     "reload", "reload_failed", "policy_removed", "state_backend_changed",
-    "store_degraded", "store_recovered",
+    "store_degraded", "store_recovered", "fallback_unusable",
+    "rate_limit_paused", "throttling", "throttling_stopped",
 ]  # fmt: skip
 EVENT_NAMES: frozenset[str] = frozenset(get_args(EventName))
 
@@ -201,6 +204,7 @@ _PER_CALL = frozenset(
 _LEVELS = {
     "reload": logging.INFO,
     "reload_failed": logging.ERROR,
+    "fallback_unusable": logging.ERROR,
     "policy_removed": logging.WARNING,
     "state_backend_changed": logging.INFO,
 }

@@ -378,7 +378,8 @@ class Guard:
         if n > 1:
             attempt.renew()
         if self.layers:
-            wait = attempt.pass_layers(self.clock.now())
+            left = None if deadline is None else deadline - loop.time()
+            wait = attempt.pass_layers(self.clock.now(), left)
             if wait > 0.0:
                 await self._layer_wait(attempt, wait, loop, deadline)
 

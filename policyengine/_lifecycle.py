@@ -91,7 +91,7 @@ class Attempt:
             self.guard.count_rejection("circuit_open")
             raise
 
-    def pass_layers(self, now: float) -> float:
+    def pass_layers(self, now: float, limit: float | None = None) -> float:
         """Every layer's `admit`, in order; the longest wait any asked for (0.0: go on).
 
         A layer that refuses ends the attempt here: the layers before it settle "rejected",
@@ -99,7 +99,7 @@ class Attempt:
         wait = 0.0
         for layer in self.guard.layers:
             try:
-                asked = layer.admit(now)
+                asked = layer.admit(now, limit)
             except RejectedError as exc:
                 self.give_back("rejected", exc)
                 self.guard.count_rejection(getattr(exc, "reason", "circuit_open"))

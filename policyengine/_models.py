@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ._admission_models import RateLimitOptions, ThrottleOptions
 from ._imports import resolve_handler
 from ._matcher_models import (
     ExceptionMatcher,
@@ -35,18 +36,24 @@ __all__ = [
     "PartitionOptions",
     "Policy",
     "PolicyFile",
+    "RateLimitOptions",
     "RetryOptions",
     "StateOptions",
+    "ThrottleOptions",
     "TimeoutOptions",
     "resolve_matchers",
 ]
 
-FallbackKind = Literal["circuit_open", "bulkhead_full", "timeout", "retries_exhausted"]
+FallbackKind = Literal[
+    "circuit_open", "bulkhead_full", "timeout", "retries_exhausted", "rate_limited", "throttled"
+]
 FALLBACK_KINDS: tuple[FallbackKind, ...] = (
     "circuit_open",
     "bulkhead_full",
     "timeout",
     "retries_exhausted",
+    "rate_limited",
+    "throttled",
 )
 
 
@@ -242,7 +249,7 @@ class FallbackOptions(FrozenModel):
     )
     on: list[FallbackKind] = Field(
         default_factory=lambda: list(FALLBACK_KINDS),
-        description="Failure kinds that use the fallback (default: all four).",
+        description="Failure kinds that use the fallback (default: all of them).",
     )
 
     @field_validator("handler")
@@ -276,6 +283,8 @@ class Policy(FrozenModel):
     breaker: BreakerOptions | None = None
     bulkhead: BulkheadOptions | None = None
     fallback: FallbackOptions | None = None
+    rate_limit: RateLimitOptions | None = None
+    throttle: ThrottleOptions | None = None
     partition: PartitionOptions | None = None
 
     @model_validator(mode="after")

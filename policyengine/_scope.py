@@ -23,7 +23,7 @@ __all__ = ["AttemptScope"]
 class AttemptScope:
     """The attempt of one `with` block: entered, then exited with the block's exception."""
 
-    __slots__ = ("_attempt", "_guard", "_limit", "_t0")
+    __slots__ = ("_attempt", "_guard", "_limit", "_t0", "_wait")
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
@@ -31,6 +31,7 @@ class AttemptScope:
         limits = [x for x in (guard.total, guard.attempt_timeout) if x is not None]
         self._limit = min(limits) if limits else None
         self._t0 = 0.0
+        self._wait = 0.0  # what a layer asked the block to wait (a rate-limit token later)
 
     def _admit(self) -> Attempt | None:
         """Count the call, take a breaker permit and the layers'; None in disabled mode."""
@@ -42,7 +43,7 @@ class AttemptScope:
         try:
             attempt.renew()
             if guard.layers and guard.mode == "enforce":
-                attempt.pass_layers(guard.clock.now())  # a block cannot be made to wait
+                self._wait = attempt.pass_layers(guard.clock.now(), self._limit)
         except BaseException:
             guard.metrics.finish(-1, 0.0)
             raise
@@ -62,6 +63,12 @@ class AttemptScope:
         if guard.mode != "enforce":
             return
         loop = asyncio.get_running_loop()
+        if self._wait > 0.0:
+            try:
+                await guard.clock.sleep(self._wait)
+            except BaseException as exc:
+                self._unwind(attempt, exc)
+                raise
         try:
             future = attempt.enter(loop)
             if future is not None:
@@ -77,6 +84,12 @@ class AttemptScope:
         if attempt is None:
             return
         guard = self._guard
+        if self._wait > 0.0:
+            try:
+                guard.clock.sleep_sync(self._wait)
+            except BaseException as exc:
+                self._unwind(attempt, exc)
+                raise
         bulkhead = guard.bulkhead
         if bulkhead is not None and guard.mode == "enforce":
             try:

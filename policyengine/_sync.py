@@ -160,7 +160,8 @@ def _admit(guard: Guard, attempt: Attempt, deadline: float | None) -> None:
 
 def _pass_layers(guard: Guard, attempt: Attempt, deadline: float | None) -> None:
     clock = guard.clock
-    wait = attempt.pass_layers(clock.now())
+    left = None if deadline is None else deadline - _monotonic()
+    wait = attempt.pass_layers(clock.now(), left)
     if wait <= 0.0:
         return
     if deadline is not None and _monotonic() + wait >= deadline:

@@ -1,4 +1,4 @@
-"""OpenTelemetry metrics for every guard of an engine (extra ``policyengine[otel]``)::
+"""OpenTelemetry metrics for every guard of an engine (extra ``resilience-policyengine[otel]``)::
 
     from policyengine.otel import instrument
 
@@ -74,6 +74,7 @@ EVENTS: dict[str, tuple[str, Callable[[GuardSnapshot], int]]] = {
     "OnWouldTimeout": ("Information", lambda m: m["observed"]["would_timeout"]),
 }
 
+_INF = float("inf")
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
@@ -186,7 +187,8 @@ class Instrumentation:
             seen = 0
             for bound, count in m["duration"]["buckets"]:
                 seen += count
-                yield Observation(seen, {**attrs, "le": repr(float(bound))})
+                if bound != _INF:  # the snapshot's last bucket is +Inf: one "+Inf", below
+                    yield Observation(seen, {**attrs, "le": repr(float(bound))})
             yield Observation(m["duration"]["count"], {**attrs, "le": "+Inf"})
 
     def _partitioned(self) -> Iterator[tuple[dict[str, str], Guard, int]]:

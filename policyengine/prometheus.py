@@ -1,5 +1,5 @@
 """Prometheus metrics for every guard of an engine, read from the guards' own counters at scrape
-time (extra ``policyengine[prometheus]``)::
+time (extra ``resilience-policyengine[prometheus]``)::
 
     from prometheus_client import REGISTRY
     from policyengine.prometheus import PolicyEngineCollector
@@ -74,6 +74,7 @@ __all__ = ["STATE_VALUES", "PolicyEngineCollector"]
 
 _REASONS = ("circuit_open", "bulkhead_full", "budget_exhausted")
 _OBSERVED = ("would_reject", "would_retry", "would_timeout")
+_INF = float("inf")
 
 
 class PolicyEngineCollector:
@@ -132,7 +133,8 @@ class PolicyEngineCollector:
             seen = 0
             for bound, count in duration["buckets"]:
                 seen += count
-                buckets.append((repr(float(bound)), seen))
+                if bound != _INF:  # the snapshot's last bucket is +Inf: one +Inf, below
+                    buckets.append((repr(float(bound)), seen))
             buckets.append(("+Inf", duration["count"]))
             fam("call_duration_seconds").add_metric(g, buckets, duration["sum"])
             self._keyed(fam, name, guard)
