@@ -4,6 +4,8 @@ lanes, and the event sink through which a lane's breaker reports to its registry
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -13,11 +15,31 @@ if TYPE_CHECKING:
     from ._bulkhead import Bulkhead
     from ._events import Event
 
-__all__ = ["Lane", "LaneFactories", "Sink"]
+__all__ = ["Lane", "LaneFactories", "Sink", "repaired_after_fork"]
 
 
 class _Registry(Protocol):
     def _on_event(self, sink: Sink, event: Event) -> None: ...
+
+    def _after_fork(self) -> None: ...
+
+
+_registries: weakref.WeakSet[_Registry] = weakref.WeakSet()
+
+
+def repaired_after_fork(registry: _Registry) -> None:
+    """Have `registry._after_fork()` run in every child forked from now on (`_fork`'s reason:
+    a lock a parent's thread held at the fork stays locked in the child). Weakly held."""
+    _registries.add(registry)
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_registries):
+        registry._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True, slots=True)

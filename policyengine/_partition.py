@@ -43,15 +43,13 @@ needs a hook inside the breaker (a trip gate consulted under its lock).
 from __future__ import annotations
 
 import math
-import os
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._events import Event
-from ._lane import Lane, LaneFactories, Sink
+from ._lane import Lane, LaneFactories, Sink, repaired_after_fork
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -108,7 +106,7 @@ class KeyRegistry:
         self._factories = factories
         self._own = factories.own_bulkheads  # some lane may have a bulkhead of its own
         self._set_options(options)
-        _registries.add(self)  # for the at-fork hook
+        repaired_after_fork(self)
 
     def _set_options(self, options: PartitionOptions) -> None:
         self._max_keys = options.max_keys
@@ -165,7 +163,17 @@ class KeyRegistry:
                     return other
                 self._drop(key, other)  # an idle one: the key starts afresh
             lanes[key] = lane
-            if len(lanes) > self._max_keys or now >= self._due:
+            if len(lanes) > self._max_keys:  # the steady state past max_keys: drop the oldest
+                old_key, old = lanes.popitem(last=False)
+                if old.open or (self._own and self._busy(old)):
+                    lanes[old_key] = old  # kept: to the back, and a sweep looks further
+                    self._sweep(now, _SWEEP_STEPS)
+                else:
+                    old.sink = None
+                    self.dropped += 1
+                    if now >= self._due:  # (still a lower bound: the new oldest is younger)
+                        self._sweep(now, _SWEEP_STEPS)
+            elif now >= self._due:
                 self._sweep(now, _SWEEP_STEPS)
             elif len(lanes) == 1:
                 self._due = now + self._ttl
@@ -368,8 +376,8 @@ class KeyRegistry:
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks for the registry and every lane's breaker and own
-        bulkhead (a thread of the parent may have held one; see `_fork`). Called by this
-        module's own at-fork hook, so the engine needs no knowledge of lanes."""
+        bulkhead (a thread of the parent may have held one; see `_fork`). Called by `_lane`'s
+        at-fork hook, so the engine needs no knowledge of lanes."""
         self._lock = threading.Lock()
         for lane in list(self._lanes.values()):
             if lane.breaker is not None:
@@ -377,18 +385,6 @@ class KeyRegistry:
             factories = lane.factories
             if lane.bulkhead is not None and factories is not None and factories.own_bulkheads:
                 lane.bulkhead._after_fork()
-
-
-_registries: weakref.WeakSet[KeyRegistry] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for registry in list(_registries):
-        registry._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _keyed(event: Event, key: str, guard: str) -> Event:
