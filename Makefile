@@ -45,6 +45,8 @@ bench: $(STAMP)           ## every benchmark, one after the other (ratios matter
 	$(PY) bench/bench_reload.py
 	$(PY) bench/bench_redis.py
 	$(PY) bench/bench_cascade.py
+	$(PY) bench/bench_hedge.py
+	$(PY) bench/bench_adaptive.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,7 @@ from ._admission import admission_layers
 from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
+from ._compile_layers import compile_adaptive, compile_hedge
 from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
@@ -116,11 +117,12 @@ def _compile_one(
         prev_b = old.bulkhead if old is not None else None
         if prev_b is not None and prev_b.kind == opts.kind:
             bulkhead = prev_b
-            commits.append(
-                functools.partial(prev_b.resize, opts.max_concurrent, opts.max_queue, opts.max_wait)
-            )
+            if opts.kind != "adaptive":  # an adaptive one is retuned by its layer
+                commits.append(
+                    functools.partial(prev_b.resize, opts.limit, opts.max_queue, opts.max_wait)
+                )
         else:
-            bulkhead = Bulkhead(name, opts.max_concurrent, opts.max_queue, opts.max_wait, opts.kind)
+            bulkhead = Bulkhead(name, opts.limit, opts.max_queue, opts.max_wait, opts.kind)
     retry = budget = None
     if policy.retry is not None:
         retry = RetryStrategy(policy.retry, clock)
@@ -134,10 +136,12 @@ def _compile_one(
             budget = old.budget if same and old is not None else None
             budget = budget or RetryBudget(policy.retry.budget, clock)
     fallback = Fallback(policy.fallback) if policy.fallback is not None else None
-    layers = admission_layers(
+    admission = admission_layers(
         name, policy, old.layers if old is not None else (), clock, emit, commits,
         getattr(make_breaker, "__self__", None),
     )  # fmt: skip
+    layers = (*admission, *compile_adaptive(policy, old, bulkhead, commits))
+    hedge = compile_hedge(name, policy, old, clock, emit, metrics, commits)
     guard = Guard(
         name,
         policy,
@@ -150,6 +154,7 @@ def _compile_one(
         budget=budget,
         fallback=fallback,
         layers=layers,
+        hedge=hedge,
     )
     if policy.partition is not None:  # a breaker (and bulkhead) per key: `_keyed`
         guard = partition_guard(guard, old, make_breaker, _counting(emit, metrics), commits)

@@ -338,7 +338,8 @@ class Engine:
         backend = self._state_backend
         breakers = [] if backend is None else backend.shared_breakers()
         for guard in (*self._guards.values(), *self._removed.values()):
-            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard.budget)
+            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard.budget, guard.hedge)
+            parts += [x for x in guard.layers if hasattr(x, "_after_fork")]
         for part in (*parts, *breakers):
             if part is None or id(part) in done:
                 continue

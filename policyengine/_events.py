@@ -2,6 +2,7 @@
 
 Event names: ``state_change``, ``rejected``, ``retry``, ``timeout``, ``fallback``,
 ``budget_exhausted``, ``would_reject``, ``would_retry`` and ``would_timeout`` (observe mode),
+``hedge`` (an extra attempt started: data ``attempt``, ``delay``),
 ``reload``, ``reload_failed``, ``policy_removed``, ``state_backend_changed`` (INFO: a reload
 applied a new ``[state]``; data ``from``/``to`` as ``status()["state"]`` says, url redacted,
 ``how`` ``"retuned"`` or ``"new backend"``, ``renewed`` the policies given a new shared breaker),
@@ -199,6 +200,7 @@ _PER_CALL = frozenset(
         "would_reject",
         "would_retry",
         "would_timeout",
+        "hedge",
     }
 )
 _LEVELS = {

@@ -15,12 +15,14 @@ retried, never counted as a success or failure, and returns every permit it hold
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._breaker import _OPEN
 from ._events import Event, FallbackUsed, Rejected, TimedOut
+from ._hedged import hedged_call as _hedged_call
 from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
 from ._matchers import compile_matchers
 from ._models import resolve_matchers
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._events import Listeners
     from ._fallback import Fallback
+    from ._hedge import Hedge
     from ._layer import AttemptLayer
     from ._metrics import GuardMetrics, RejectionReason
     from ._models import Policy
@@ -70,6 +73,7 @@ class Guard:
     """The compiled runtime of one policy version. Handles (`guard(name)`) point at the newest."""
 
     __slots__ = (
+        "_drive",
         "_first",
         "_queue",
         "_wait_queue",
@@ -84,6 +88,7 @@ class Guard:
         "door",
         "emit",
         "fallback",
+        "hedge",
         "ignores",
         "layers",
         "max_attempts",
@@ -112,6 +117,7 @@ class Guard:
         budget: RetryBudget | None = None,
         fallback: Fallback | None = None,
         layers: tuple[AttemptLayer, ...] = (),
+        hedge: Hedge | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -125,6 +131,7 @@ class Guard:
         self.budget = budget
         self.fallback = fallback
         self.layers = layers
+        self.hedge = hedge
         self.max_attempts = retry.max_attempts if retry is not None else 1
         self.retryable = retry.should_retry if retry is not None else _always
         ignore = policy.breaker.ignore if policy.breaker is not None else None
@@ -152,7 +159,8 @@ class Guard:
         # raises (enforce mode, no fallback to serve it)
         plain = self.mode == "enforce" and fallback is None
         self.door: Breaker | None = breaker if plain else None
-        # What `call` runs, chosen once: no mode or fallback test per call.
+        # What `call` runs, chosen once: no mode, fallback or hedge test per call.
+        self._drive = self._run if hedge is None else functools.partial(_hedged_call, self)
         if self.mode == "disabled":
             self._first = self._passthrough
         elif self.mode == "observe":
@@ -160,7 +168,7 @@ class Guard:
         elif fallback is not None:
             self._first = self._run_with_fallback
         else:
-            self._first = self._run
+            self._first = self._drive
 
     # ----------------------------------------------------------------- state
     @property
@@ -264,7 +272,7 @@ class Guard:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         try:
-            return await self._run(fn, args, kwargs)
+            return await self._drive(fn, args, kwargs)
         except NotAwaitableError:
             raise  # the caller's mistake: no fallback hides it
         except Exception as exc:
@@ -322,10 +330,12 @@ class Guard:
             while True:
                 n += 1
                 if n > 1 or self.layers:
-                    await self._readmit(attempt, n, loop, deadline)
+                    wait = self._readmit(attempt, n, loop, deadline)
+                    if wait > 0.0:  # a layer asked for a wait (a rate-limit token later)
+                        await self._layer_wait(attempt, wait, loop, deadline)
                 slot = attempt.enter(loop)
                 if slot is not None:
-                    await attempt.wait_slot(slot, loop, deadline if self.bounded_wait else None)
+                    await attempt.wait_slot(slot, loop, deadline)
                 when = deadline
                 if self.attempt_timeout is not None:
                     end = loop.time() + self.attempt_timeout
@@ -333,8 +343,6 @@ class Guard:
                         when = end
                 if when is not None:
                     attempt.timer = self.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                if self.clocked:
-                    attempt.started = clock.now()
                 awaited: object = NOT_CALLED
                 try:
                     if self.threaded:
@@ -367,21 +375,21 @@ class Guard:
             return -1
         return -1 if self.ignores(exc) else 0
 
-    async def _readmit(
+    def _readmit(
         self,
         attempt: Attempt,
         n: int,
         loop: asyncio.AbstractEventLoop,
         deadline: float | None,
-    ) -> None:
-        """Before the bulkhead: a new breaker permit for a retry, then the layers."""
+    ) -> float:
+        """Before the bulkhead: a new breaker permit for a retry, then the layers; the wait
+        a layer asked for (0.0: none). Synchronous: a layer costs no coroutine of its own."""
         if n > 1:
             attempt.renew()
-        if self.layers:
-            left = None if deadline is None else deadline - loop.time()
-            wait = attempt.pass_layers(self.clock.now(), left)
-            if wait > 0.0:
-                await self._layer_wait(attempt, wait, loop, deadline)
+        if not self.layers:
+            return 0.0
+        left = None if deadline is None else deadline - loop.time()
+        return attempt.pass_layers(self.clock.now(), left)
 
     def _failed(
         self,

@@ -79,7 +79,7 @@ def policy_factories(
             return None
         if not per_key:
             return shared_bulkhead
-        return Bulkhead(name, limits.max_concurrent, limits.max_queue, limits.max_wait, limits.kind)
+        return Bulkhead(name, limits.limit, limits.max_queue, limits.max_wait, limits.kind)
 
     def update(lane: Lane) -> None:
         current = lane.breaker
@@ -98,7 +98,7 @@ def policy_factories(
             and own is not None
             and own.kind == limits.kind
         ):
-            own.resize(limits.max_concurrent, limits.max_queue, limits.max_wait)
+            own.resize(limits.limit, limits.max_queue, limits.max_wait)
             return
         lane.bulkhead = bulkhead(lane.key)
 
@@ -109,8 +109,8 @@ def policy_factories(
 
 def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
     """A runner factory: each lane runs through a guard of its own over the lane's breaker and
-    bulkhead, sharing everything else (metrics, retry, budget, fallback, layers, events) with
-    `guard`,
+    bulkhead, sharing everything else (metrics, retry, budget, fallback, layers, hedge, events)
+    with `guard`,
     the policy's. So every driver (`call`, `call_sync`, `async with`, observe mode) serves a key
     unchanged, and a keyed call costs one registry lookup more than an unkeyed one."""
     from ._partition_guard import LaneGuard
@@ -128,6 +128,7 @@ def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
             budget=guard.budget,
             fallback=guard.fallback,
             layers=guard.layers,
+            hedge=guard.hedge,
         )
         out.owner = guard  # deadlines in the policy guard's queues: one timer for every key
         return out

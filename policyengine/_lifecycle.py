@@ -110,8 +110,12 @@ class Attempt:
         return wait
 
     def enter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None] | None:
-        """Layers admitted: take a slot now (None) or the queue's future to wait on."""
-        bulkhead = self.guard.bulkhead
+        """Layers admitted: take a slot now (None) or the queue's future to wait on. The
+        attempt's clock starts once it has its slot (a queue wait is not its duration)."""
+        guard = self.guard
+        if guard.clocked:
+            self.started = guard.clock.now()
+        bulkhead = guard.bulkhead
         if bulkhead is None:
             return None
         try:
@@ -134,6 +138,8 @@ class Attempt:
         guard = self.guard
         bulkhead = guard.bulkhead
         assert bulkhead is not None
+        if not guard.bounded_wait:
+            deadline = None
         when = deadline
         if bulkhead.max_wait is not None:
             end = loop.time() + bulkhead.max_wait
@@ -153,6 +159,8 @@ class Attempt:
         if timer is not None:
             timer.disarm()
         self.slot = True
+        if guard.clocked:
+            self.started = guard.clock.now()
 
     def _queue_error(
         self, exc: BaseException, timer: Deadline | None, total: bool

@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ._adaptive_models import check_bulkhead, require_limit
 from ._admission_models import RateLimitOptions, ThrottleOptions
+from ._hedge_models import HedgeOptions
 from ._imports import resolve_handler
 from ._matcher_models import (
     ExceptionMatcher,
@@ -31,6 +33,7 @@ __all__ = [
     "ExceptionMatcher",
     "FallbackOptions",
     "FieldError",
+    "HedgeOptions",
     "MatcherSpec",
     "OpenBackoff",
     "PartitionOptions",
@@ -226,18 +229,56 @@ class BreakerOptions(FrozenModel):
 
 
 class BulkheadOptions(FrozenModel):
-    """Concurrency limit with a bounded, time-limited queue."""
+    """Concurrency limit with a bounded, time-limited queue; `kind = "adaptive"` finds the limit
+    from latency (see `_adaptive`)."""
 
-    kind: Literal["async", "threads"] = Field(
-        default="async", description='"threads" runs blocking functions in an own thread pool.'
+    kind: Literal["async", "threads", "adaptive"] = Field(
+        default="async",
+        description='"threads" runs blocking functions in an own thread pool; "adaptive" lets '
+        "the limit follow latency.",
     )
-    max_concurrent: int = Field(ge=1, strict=True, description="Calls running at once.")
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        validate_default=True,
+        description="Calls running at once (required unless adaptive).",
+    )
     max_queue: int = Field(
         default=0, ge=0, strict=True, description="Callers allowed to wait for a slot."
     )
     max_wait: Duration | None = Field(
         default=None, description="How long one may wait (default: up to the total deadline)."
     )
+    algorithm: Literal["gradient2", "vegas", "aimd"] | None = Field(
+        default=None, description='How an adaptive limit follows latency (kind = "adaptive").'
+    )
+    initial_limit: int | None = Field(
+        default=None, ge=1, strict=True, description="Adaptive: the limit to start from (20)."
+    )
+    min_limit: int | None = Field(
+        default=None, ge=1, strict=True, description="Adaptive: the lowest limit (1)."
+    )
+    max_limit: int | None = Field(
+        default=None, ge=1, strict=True, description="Adaptive: the highest limit (200)."
+    )
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _required_unless_adaptive(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return require_limit(value, info.data.get("kind"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BulkheadOptions:
+        check_bulkhead(self)
+        return self
+
+    @property
+    def limit(self) -> int:
+        """The limit a new bulkhead starts with: max_concurrent, or initial_limit (adaptive)."""
+        value = self.initial_limit if self.kind == "adaptive" else self.max_concurrent
+        assert value is not None
+        return value
 
 
 class FallbackOptions(FrozenModel):
@@ -285,6 +326,7 @@ class Policy(FrozenModel):
     fallback: FallbackOptions | None = None
     rate_limit: RateLimitOptions | None = None
     throttle: ThrottleOptions | None = None
+    hedge: HedgeOptions | None = None
     partition: PartitionOptions | None = None
 
     @model_validator(mode="after")

@@ -60,7 +60,8 @@ def check_partition(
 ) -> None:
     """Raise a `FieldError` on `partition` when it has nothing to partition (module docstring),
     or would give each key a thread pool of its own (`bulkhead.kind = "threads"`, per key: up to
-    `max_keys` pools, whose threads a dropped key would leave behind)."""
+    `max_keys` pools, whose threads a dropped key would leave behind), or an adaptive limit
+    (`kind = "adaptive"`: one limit, learnt by the policy's layer, not one per key)."""
     if partition is None:
         return
     if partition.bulkhead == "per_key" and bulkhead_kind is None:
@@ -69,11 +70,12 @@ def check_partition(
             'partition.bulkhead = "per_key" needs a [bulkhead] section (its limits apply to '
             'each key): add one, or set partition.bulkhead = "shared"',
         )
-    if partition.bulkhead == "per_key" and bulkhead_kind == "threads":
+    if partition.bulkhead == "per_key" and bulkhead_kind in ("threads", "adaptive"):
+        why = "a thread pool per key" if bulkhead_kind == "threads" else "its limit is the policy's"
         raise FieldError(
             "partition",
-            'partition.bulkhead = "per_key" cannot be used with bulkhead.kind = "threads" (a '
-            'thread pool per key): use partition.bulkhead = "shared" or bulkhead.kind = "async"',
+            f'partition.bulkhead = "per_key" cannot be used with bulkhead.kind = "{bulkhead_kind}" '
+            f'({why}): use partition.bulkhead = "shared" or bulkhead.kind = "async"',
         )
     if not has_breaker and partition.bulkhead != "per_key":
         raise FieldError(

@@ -25,9 +25,9 @@ The twin of `policyengine.httpx.GuardedTransport`, with the same rules:
   the guard's own errors (`CircuitOpenError`, `BulkheadFullError`, `GuardTimeoutError`)
   propagate (`policyengine.asgi.GuardErrorMiddleware` answers them with 503 / 504).
 - Only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; or `retry_methods`) and
-  requests with an ``Idempotency-Key`` header are retried, and only when their body can be sent
-  again (none, bytes, text, JSON or a URL-encoded form; not a stream or a multipart upload). Any
-  other request makes one attempt under the breaker, the bulkhead and the timeouts.
+  requests with an ``Idempotency-Key`` header are retried or hedged, and only when their body can
+  be sent again (none, bytes, text, JSON or a URL-encoded form; not a stream or a multipart
+  upload). Any other request makes one attempt under the breaker, the bulkhead and the timeouts.
 - A fallback must give an `aiohttp.ClientResponse` (a handler that returns one); a policy whose
   fallback cannot (a ``fallback.value``, or a handler annotated to return something else) is
   refused when the middleware is created (`UnusableFallbackError`), and reported (an ERROR line
@@ -218,8 +218,8 @@ class GuardedMiddleware:
         return rule
 
     def _single_attempt(self, request: aiohttp.ClientRequest, guard: Guard) -> bool:
-        """True when the request must not be retried (and the policy would retry)."""
-        if guard.max_attempts <= 1 or guard.mode != "enforce":
+        """True when the request must not be retried or hedged (and the policy would)."""
+        if (guard.max_attempts <= 1 and guard.hedge is None) or guard.mode != "enforce":
             return False
         if request.method.upper() not in self._methods and "Idempotency-Key" not in request.headers:
             return True

@@ -26,10 +26,10 @@ What a request goes through:
   Transport errors (``httpx.ConnectError``...) are re-raised as they are. The guard's own
   errors (`CircuitOpenError`, `BulkheadFullError`, `GuardTimeoutError`) propagate as they are.
 - Only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; or `retry_methods`) and
-  requests with an ``Idempotency-Key`` header are retried, and only when their body can be sent
-  again (not a generator or a multipart upload). Any other request makes a single attempt under
-  the breaker, the bulkhead and the timeouts (as ``async with guard:``) without retry or
-  fallback.
+  requests with an ``Idempotency-Key`` header are retried or hedged, and only when their body
+  can be sent again (not a generator or a multipart upload). Any other request makes a single
+  attempt under the breaker, the bulkhead and the timeouts (as ``async with guard:``) without
+  retry, hedging or fallback.
 - A fallback must give an `httpx.Response` (a handler that builds one), since a transport can
   only return a response. A transport **refuses** a policy whose fallback cannot: a
   ``fallback.value``, or a handler annotated to return something else (``-> dict``). At
@@ -248,8 +248,8 @@ class _Guarding:
             report_unusable(handle, problem, "httpx transport")
 
     def _single_attempt(self, request: httpx.Request, guard: Guard) -> bool:
-        """True when the request must not be retried (and the policy would retry)."""
-        if guard.max_attempts <= 1 or guard.mode != "enforce":
+        """True when the request must not be retried or hedged (and the policy would)."""
+        if (guard.max_attempts <= 1 and guard.hedge is None) or guard.mode != "enforce":
             return False
         if request.method.upper() not in self._methods and "idempotency-key" not in request.headers:
             return True

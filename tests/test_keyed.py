@@ -341,6 +341,15 @@ def test_the_probe_limit_holds_per_key_across_threads(
 # -- validation -------------------------------------------------------------------------------
 
 
+def test_an_adaptive_limit_per_key_is_refused() -> None:
+    text = (
+        '[policies.a.bulkhead]\nkind = "adaptive"\nalgorithm = "aimd"\n'
+        '[policies.a.partition]\nbulkhead = "per_key"\n'
+    )
+    with pytest.raises(PolicyValidationError, match="its limit is the policy's"):
+        policyengine.loads(text, default=False)
+
+
 def test_a_thread_pool_per_key_is_refused() -> None:
     text = (
         '[policies.a.bulkhead]\nkind = "threads"\nmax_concurrent = 2\n'
@@ -550,3 +559,15 @@ async def test_a_bulkhead_per_key_fills_for_its_key_only(
     }
     gate.set()
     assert await held == "ok"
+
+
+async def test_the_policys_layers_serve_every_key_together(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(
+        UPSTREAMS + '[policies.upstreams.rate_limit]\nrates = ["1/s"]\nmax_wait = "0s"\n'
+    )
+    g = engine.guard("upstreams")
+    assert await g.key("a").call(ok) == "ok"
+    with pytest.raises(policyengine.RateLimitedError):  # one limit for the policy, not per key
+        await g.key("b").call(ok)
