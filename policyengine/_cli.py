@@ -34,6 +34,7 @@ __all__ = ["COMMAND_MODULES", "add_import_option", "import_paths", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module, e.g. "policyengine._simulate",
     "policyengine._top",
+    "policyengine._cli_rollout",  # simulate, suggest
 )
 """Modules adding a subcommand through their ``add_parser(sub)`` (see the module docstring)."""
 
@@ -65,7 +66,7 @@ def _github(issue: PolicyIssue) -> str:
 
 def _load(path: str, strict: bool) -> tuple[PolicySet | None, list[PolicyIssue]]:
     try:
-        ps = load_path(path, strict=strict)
+        ps = load_path(path, strict=strict, validating=True)
     except PolicyValidationError as exc:
         return None, exc.errors
     return ps, list(ps.warnings)

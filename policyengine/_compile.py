@@ -26,6 +26,8 @@ from ._breaker import Breaker
 from ._bulkhead import Bulkhead
 from ._clock import Clock
 from ._compile_layers import compile_adaptive, compile_hedge
+from ._drill import attach_drill
+from ._enforce import attach_ramp
 from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
@@ -156,6 +158,8 @@ def _compile_one(
         layers=layers,
         hedge=hedge,
     )
+    attach_ramp(guard, old)  # enforce / ramp (_enforce), if the policy has them
+    attach_drill(guard, old)  # a chaos drill (_drill), if the policy has one
     if policy.partition is not None:  # a breaker (and bulkhead) per key: `_keyed`
         guard = partition_guard(guard, old, make_breaker, _counting(emit, metrics), commits)
     return guard, change

@@ -31,6 +31,8 @@ from ._guard import Guard
 from ._handle import GuardHandle
 from ._loader import PolicySet, load_path, state_issue
 from ._models import StateOptions
+from ._record import RecordOptions
+from ._recorder import Recording
 from .exceptions import PolicyIssue, PolicyValidationError, UnknownGuardError
 
 __all__ = ["Engine"]
@@ -77,6 +79,9 @@ class Engine:
         self._last_error: str | None = None
         self._changes: dict[str, str] = {}
         self._policy_set = policy_set
+        self.recording = Recording(
+            self.clock, self.listeners
+        )  # [record] / record(): the trace writer in force
         # the [state] in force and its backend (None: memory); both replaced by a reload that
         # changes [state], under `_lock`, with the guards (see `apply`)
         self._state_options = policy_set.state
@@ -209,7 +214,14 @@ class Engine:
             self._emit(event)
         if retired is not None:
             retired.close()  # flushes its batches; its breakers (calls in flight) go local
+        self.recording.apply(policy_set.record, self._guards)  # a changed [record]: swapped
         return compiled.changes
+
+    def record(self, path: str | os.PathLike[str] | None, sample: float = 1.0) -> None:
+        """Write a trace of every attempt (a `sample` share) to `path`, whatever the file's
+        `[record]` says, until the engine closes; None stops. See `_record`."""
+        options = None if path is None else RecordOptions(path=os.fspath(path), sample=sample)
+        self.recording.start(options, self._guards)
 
     def _describe_state(self) -> dict[str, Any]:
         """The `[state]` in force, as `status()["state"]` names it (the url redacted)."""
@@ -291,6 +303,7 @@ class Engine:
             "policies": dict(self._changes),
             "removed": sorted(self._removed),
             "warnings": [str(w) for w in ps.warnings],
+            "record": self.recording.status(),
             "state": (
                 {"backend": "memory"}
                 if self._state_backend is None
@@ -324,6 +337,7 @@ class Engine:
                 guard.bulkhead.close()
         if self._state_backend is not None:
             self._state_backend.close()
+        self.recording.close()
 
     def _after_fork(self) -> None:
         """In a child just forked (see `_fork`): make this engine work without the parent's
@@ -354,6 +368,9 @@ class Engine:
             restarted.append(f"the watcher of {watcher.path}")
         if pools:
             restarted.append(f"{pools} thread pool(s), started again at their next call")
+        writer = self.recording.writer
+        if writer is not None and not self._closed and writer._after_fork():
+            restarted.append(f"the trace writer of {writer.path}")
         logger.log(
             logging.DEBUG if self._closed else logging.INFO,
             "policyengine: forked process %d (parent %d): %s; locks renewed",

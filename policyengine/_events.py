@@ -201,6 +201,7 @@ _PER_CALL = frozenset(
         "would_retry",
         "would_timeout",
         "hedge",
+        "injected",
     }
 )
 _LEVELS = {

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["Guard"]
 
 T = TypeVar("T")
+SyncEntry = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 _get_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
 
@@ -98,6 +99,7 @@ class Guard:
         "policy",
         "retry",
         "retryable",
+        "sync_entry",
         "threaded",
         "timed",
         "total",
@@ -159,6 +161,9 @@ class Guard:
         # raises (enforce mode, no fallback to serve it)
         plain = self.mode == "enforce" and fallback is None
         self.door: Breaker | None = breaker if plain else None
+        # What `call_sync` runs before its own path: a ramp or drill sets it (`_enforce`,
+        # `_drill`), as they set `_first` for `call`; None: straight to `_sync.plain_sync`
+        self.sync_entry: SyncEntry | None = None
         # What `call` runs, chosen once: no mode, fallback or hedge test per call.
         self._drive = self._run if hedge is None else functools.partial(_hedged_call, self)
         if self.mode == "disabled":

@@ -16,7 +16,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._keyed_handle import KeyedHandle, attempt_guard, keyed_handle, keys_of
-from ._partition_guard import PartitionedGuard
 from ._scope import AttemptScope
 from ._sync import call_sync as _call_sync
 
@@ -103,10 +102,9 @@ class GuardHandle:
     def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking `fn` through the policy in this thread (see the README on timeouts)."""
         engine = self._engine if self._engine is not None else _default_engine()
-        guard = engine._guards.get(self.name) or engine._lookup(self.name)
-        if guard.door is None and isinstance(guard, PartitionedGuard):
-            return guard.call_sync(fn, *args, **kwargs)  # in the lane of the key ""
-        return _call_sync(guard, fn, args, kwargs)
+        return _call_sync(
+            engine._guards.get(self.name) or engine._lookup(self.name), fn, args, kwargs
+        )
 
     @overload
     def __call__(

@@ -107,12 +107,18 @@ def policy_factories(
     )
 
 
-def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
+def guard_runner(guard: Guard, template: Guard | None = None) -> Callable[[Lane], Guard]:
     """A runner factory: each lane runs through a guard of its own over the lane's breaker and
     bulkhead, sharing everything else (metrics, retry, budget, fallback, layers, hedge, events)
     with `guard`,
     the policy's. So every driver (`call`, `call_sync`, `async with`, observe mode) serves a key
-    unchanged, and a keyed call costs one registry lookup more than an unkeyed one."""
+    unchanged, and a keyed call costs one registry lookup more than an unkeyed one.
+
+    `template`: the policy's guard as compiled, with its ramp (`enforce`) and drill (`chaos`):
+    each lane's guard gets them continued from it, so they run per policy (one ramp timeline,
+    one drill), each call drawing as an unkeyed one would."""
+    from ._drill import attach_drill
+    from ._enforce import attach_ramp
     from ._partition_guard import LaneGuard
 
     def runner(lane: Lane) -> Guard:
@@ -131,6 +137,9 @@ def guard_runner(guard: Guard) -> Callable[[Lane], Guard]:
             hedge=guard.hedge,
         )
         out.owner = guard  # deadlines in the policy guard's queues: one timer for every key
+        if template is not None:
+            attach_ramp(out, template)  # each returns at once when the policy has none
+            attach_drill(out, template)
         return out
 
     return runner
@@ -159,7 +168,7 @@ def partition_guard(
         guard.clock,
         make_breaker=make_breaker,
         shared_bulkhead=guard.bulkhead,
-        runner=guard_runner(out),
+        runner=guard_runner(out, guard),
     )
     registry = getattr(old, "partition", None)
     if isinstance(registry, KeyRegistry):

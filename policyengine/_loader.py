@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from ._chaos import ChaosOptions, drill_issue
 from ._diagnostics import clean_loc, describe, without_typo_echoes
 from ._files import (
     MAX_FILE_BYTES,
@@ -37,6 +38,7 @@ from ._inherit import Chain, Doc, Node, leaves, merge_chain, resolve_chains
 from ._latency import schedule_warning
 from ._lines import KeyPath, dotted
 from ._models import Policy, PolicyFile, StateOptions
+from ._record import RecordOptions
 from .exceptions import PolicyIssue, PolicyValidationError
 
 __all__ = ["PolicySet", "load_path", "load_text", "state_issue"]
@@ -55,6 +57,7 @@ class PolicySet:
     origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     allow_modules: tuple[str, ...] | None = None
     """The `allow_modules` this set was loaded with: a reload of its files passes it again."""
+    record: RecordOptions | None = None  # top-level [record] (_record)
 
 
 _SECTIONS = ("templates", "policies")
@@ -98,10 +101,12 @@ class _Build:
     ) -> None:
         self.issues = issues
         self.strict = strict
+        self.validating = False  # `policyengine validate`: an ended drill is an error
         self.context = {"allow_modules": allow_modules}
         self.warnings: list[PolicyIssue] = []
         self.nodes: dict[str, dict[str, Node]] = {"templates": {}, "policies": {}}
         self.state: tuple[Doc, StateOptions] | None = None
+        self.record: RecordOptions | None = None
         self.seen: set[tuple[str, int | None, KeyPath, str]] = set()
 
     def top_level(self, doc: Doc) -> None:
@@ -128,6 +133,8 @@ class _Build:
                     )
                 else:
                     self.state = (doc, parsed.state)
+            if parsed.record is not None:  # [record]: one file of a directory should say it
+                self.record = parsed.record
         for section in _SECTIONS:
             self.gather(doc, section)
 
@@ -211,6 +218,8 @@ class _Build:
                 self.check_schedule(node, policy, owners)
                 if policy.retry is not None:
                     self.warn(node, owners, ("retry", "max_delay"), policy.retry.delay_warning())
+                if policy.chaos is not None:
+                    self.check_drill(node, policy.chaos, owners)
         return {name: effective[name] for name in policies if name in effective}, origins
 
     def check_schedule(self, node: Node, policy: Policy, owners: dict[KeyPath, Node]) -> None:
@@ -226,6 +235,11 @@ class _Build:
             self.issues.append(_issue(node, owners, rel, message))
         else:
             self.warnings.append(_issue(node, owners, rel, message, "warning"))
+
+    def check_drill(self, node: Node, chaos: ChaosOptions, owners: dict[KeyPath, Node]) -> None:
+        severity, key, message = drill_issue(chaos, self.strict, validating=self.validating)
+        issue = _issue(node, owners, ("chaos", key) if key else ("chaos",), message, severity)
+        (self.issues if severity == "error" else self.warnings).append(issue)
 
     def check_not_empty(self, policies: Mapping[str, Policy], sources: list[str]) -> None:
         """A load with no policy at all (an empty or truncated file) is a warning."""
@@ -296,6 +310,7 @@ def _build(
     version: str,
     strict: bool,
     allow_modules: Iterable[str] | None = None,
+    validating: bool = False,
 ) -> PolicySet:
     sources = []
     docs = []
@@ -308,6 +323,7 @@ def _build(
         else:
             docs.append(doc)
     build = _Build(issues, strict, None if allow_modules is None else tuple(allow_modules))
+    build.validating = validating
     for doc in docs:
         build.top_level(doc)
     policies, origins = build.resolve(parse_failed)
@@ -320,7 +336,9 @@ def _build(
     state = build.state[1] if build.state is not None else StateOptions()
     allow = build.context["allow_modules"]
     warnings = tuple(build.warnings)
-    return PolicySet(policies, state, tuple(sources), version, warnings, origins, allow)
+    return PolicySet(
+        policies, state, tuple(sources), version, warnings, origins, allow, build.record
+    )
 
 
 def _hash(*parts: str) -> str:
@@ -352,9 +370,11 @@ def load_path(
     *,
     strict: bool = False,
     allow_modules: Iterable[str] | None = None,
+    validating: bool = False,
 ) -> PolicySet:
     """Validate a file, or every ``*.toml`` in a directory (merged into one namespace); what is
-    read is bounded (see `_files`). `allow_modules` as for `load_text`."""
+    read is bounded (see `_files`). `allow_modules` as for `load_text`; `validating` for the
+    `validate` command (an ended chaos drill is then an error, not a warning)."""
     p = Path(path)
     issues: list[PolicyIssue] = []
     texts = read_all(files_of(p), issues)
@@ -362,7 +382,7 @@ def load_path(
         version = _hash(*(part for name, text in texts for part in (Path(name).name, text)))
     else:
         version = _hash(texts[0][1]) if texts else _hash("")
-    return _build(texts, issues, version, strict, allow_modules)
+    return _build(texts, issues, version, strict, allow_modules, validating)
 
 
 def state_issue(policy_set: PolicySet, exc: Exception) -> PolicyIssue:

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ._adaptive_models import check_bulkhead, require_limit
 from ._admission_models import RateLimitOptions, ThrottleOptions
+from ._chaos import ChaosOptions
 from ._hedge_models import HedgeOptions
 from ._imports import resolve_handler
 from ._matcher_models import (
@@ -22,6 +23,8 @@ from ._matcher_models import (
     resolve_matchers,
 )
 from ._partition_models import PartitionOptions, check_partition
+from ._ramp import RampOptions
+from ._record import RecordOptions
 from ._state_url import URL_PATTERN, check_state_url
 from ._units import Duration, Ratio, format_duration
 
@@ -327,6 +330,9 @@ class Policy(FrozenModel):
     rate_limit: RateLimitOptions | None = None
     throttle: ThrottleOptions | None = None
     hedge: HedgeOptions | None = None
+    enforce: Ratio | None = Field(default=None, description="Share of calls enforced (_ramp).")
+    ramp: RampOptions | None = None
+    chaos: ChaosOptions | None = None
     partition: PartitionOptions | None = None
 
     @model_validator(mode="after")
@@ -373,3 +379,4 @@ class PolicyFile(FrozenModel):
         default_factory=dict, description="Reusable partial policies; `default` is implicit."
     )
     policies: dict[str, Policy] = Field(default_factory=dict, description="Named guards.")
+    record: RecordOptions | None = None

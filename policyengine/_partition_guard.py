@@ -63,9 +63,12 @@ class PartitionedGuard(Guard):
         return out
 
     def bind(self, registry: KeyRegistry) -> None:
+        """Calls without a key go to the lane "" (the policy's ramp and drill, if any, are the
+        lanes' own: see `_keyed.guard_runner`)."""
         self.partition = registry
         if self.mode != "disabled":  # disabled passes everything through, keyed or not
             self._first = self._unkeyed
+            self.sync_entry = self._unkeyed_sync  # `_sync.call_sync`'s entry
 
     def _unkeyed(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -79,6 +82,11 @@ class PartitionedGuard(Guard):
         return runner._first(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return self._unkeyed_sync(fn, args, kwargs)
+
+    def _unkeyed_sync(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         runner: Guard = self.partition.lane(UNKEYED).runner
         return runner.call_sync(fn, *args, **kwargs)
 

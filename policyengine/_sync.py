@@ -32,7 +32,7 @@ from .exceptions import BulkheadFullError, GuardTimeoutError, RejectedError
 if TYPE_CHECKING:
     from ._guard import Guard
 
-__all__ = ["NotBlockingError", "call_sync"]
+__all__ = ["NotBlockingError", "call_sync", "plain_sync"]
 
 T = TypeVar("T")
 _monotonic = time.monotonic
@@ -42,6 +42,17 @@ _Coroutine = types.CoroutineType
 def call_sync(
     guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> T:
+    entry = guard.sync_entry  # a ramp or a drill (see `Guard.sync_entry`)
+    if entry is not None:
+        result: T = entry(fn, args, kwargs)
+        return result
+    return plain_sync(guard, fn, args, kwargs)
+
+
+def plain_sync(
+    guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    """`call_sync` by the guard's mode, without a ramp's draw or a drill's wrapper."""
     if guard.mode == "disabled":
         return fn(*args, **kwargs)
     if guard.mode == "observe":

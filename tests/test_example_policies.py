@@ -64,6 +64,9 @@ def test_example_uses_every_key_of_the_format() -> None:
     wanted |= _fields(Policy, "")
     matcher = {f"retry.never_retry.{f}" for f in ExceptionMatcher.model_fields}
     wanted |= matcher
+    # keys of a change in progress, not of standing configuration: a drill fails --strict, and
+    # a [record] or a ramp in the shipped example would write traces / ramp wherever it loads
+    wanted = {k for k in wanted if k.split(".")[0] not in ("chaos", "record", "enforce", "ramp")}
     assert not (wanted - written), f"keys the example never uses: {sorted(wanted - written)}"
     assert set(data["state"]) == set(StateOptions.model_fields)
 

@@ -571,3 +571,24 @@ async def test_the_policys_layers_serve_every_key_together(
     assert await g.key("a").call(ok) == "ok"
     with pytest.raises(policyengine.RateLimitedError):  # one limit for the policy, not per key
         await g.key("b").call(ok)
+
+
+async def test_a_drill_reaches_keyed_and_unkeyed_calls(
+    make_engine: Callable[[str], Engine],
+) -> None:
+    engine = make_engine(
+        UPSTREAMS
+        + '[policies.upstreams.chaos]\nfor = "15m"\n'
+        + 'fault = { rate = 1.0, error = "ConnectionError" }\n'
+    )
+    g = engine.guard("upstreams")
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            await g.key("a").call(ok)
+    assert g.key("a").state == "open"  # the injected faults count in the key's own breaker
+    with pytest.raises(ConnectionError):
+        g.key("b").call_sync(lambda: "ok")
+    with pytest.raises(ConnectionError):
+        g.call_sync(lambda: "ok")  # the key "", through the drill too
+    assert g.metrics()["injected"] == 5
+    assert g.keys() == {"a": "open", "b": "closed", "": "closed"}

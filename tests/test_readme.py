@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import readme_rollout
 
 import policyengine
 from policyengine import Engine, _cli, _default
@@ -361,6 +362,9 @@ def _validate_errors(directory: Path) -> None:
         encoding="utf-8",
     )
     return None
+
+
+readme_rollout.register(scenario)  # the record -> suggest -> simulate example
 
 
 @scenario("check", "layout")
