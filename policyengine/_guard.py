@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._breaker import _OPEN
-from ._events import Event, FallbackUsed, Rejected, TimedOut
+from ._driver import passthrough as _passthrough
+from ._driver import run as _run
+from ._driver import with_fallback as _with_fallback
+from ._events import Event, Rejected, TimedOut
 from ._hedged import hedged_call as _hedged_call
-from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
 from ._matchers import compile_matchers
 from ._models import resolve_matchers
 from ._observe import observe_call as _observe_call
-from ._retry_decision import Retry, decide
 from ._snapshot import GuardSnapshot, guard_snapshot
 from ._sync import call_sync as _call_sync
-from ._threads import in_thread
 from ._timeout import Deadline, DeadlineQueue
-from .exceptions import CircuitOpenError, GuardTimeoutError, RejectedError
+from .exceptions import CircuitOpenError, GuardTimeoutError
 
 if TYPE_CHECKING:
     from ._breaker import Breaker
@@ -50,6 +49,9 @@ __all__ = ["Guard"]
 
 T = TypeVar("T")
 SyncEntry = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+CallEntry = Callable[
+    [Callable[..., Any], tuple[Any, ...], dict[str, Any]], Coroutine[Any, Any, Any]
+]
 _get_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
 
@@ -165,13 +167,14 @@ class Guard:
         # `_drill`), as they set `_first` for `call`; None: straight to `_sync.plain_sync`
         self.sync_entry: SyncEntry | None = None
         # What `call` runs, chosen once: no mode, fallback or hedge test per call.
-        self._drive = self._run if hedge is None else functools.partial(_hedged_call, self)
+        self._drive: CallEntry = functools.partial(_run if hedge is None else _hedged_call, self)
+        self._first: CallEntry
         if self.mode == "disabled":
-            self._first = self._passthrough
+            self._first = functools.partial(_passthrough, self)
         elif self.mode == "observe":
-            self._first = self._observe
+            self._first = functools.partial(_observe_call, self)
         elif fallback is not None:
-            self._first = self._run_with_fallback
+            self._first = functools.partial(_with_fallback, self)
         else:
             self._first = self._drive
 
@@ -259,189 +262,6 @@ class Guard:
         if self.emit.hot:
             self.emit(Event.of(self.name, _OPEN_REJECTED))
         return _open_error(self.name, until - now)
-
-    async def _passthrough(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            return await result
-        return result
-
-    async def _observe(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        return await _observe_call(self, fn, args, kwargs)
-
-    async def _run_with_fallback(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        try:
-            return await self._drive(fn, args, kwargs)
-        except NotAwaitableError:
-            raise  # the caller's mistake: no fallback hides it
-        except Exception as exc:
-            fallback = self.fallback
-            if fallback is None or fallback.kind_of(exc, self.retryable) is None:
-                raise
-            self.metrics.count("fallbacks")
-            self.emit(Event.of(self.name, FallbackUsed(type(exc).__name__)))
-            return await fallback.produce(exc)
-
-    def _door(self, breaker: Breaker) -> int:
-        """The first permit of a call when the breaker is not closed (raises when open)."""
-        if breaker._state == _OPEN and not breaker.observe:
-            # Open: `Breaker.acquire`'s first test, inlined. This is an outage's hot path.
-            now = breaker._now()
-            until = breaker._open_until
-            if now < until:
-                self.metrics.refuse()  # `refuse()`, inlined
-                if self.emit.hot:
-                    self.emit(Event.of(self.name, _OPEN_REJECTED))
-                raise CircuitOpenError(self.name, until - now, "open")
-        try:
-            return breaker.acquire()
-        except CircuitOpenError:
-            self.refuse()
-            raise
-
-    async def _run(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """The async driver: attempts through one `Attempt`, inline (no coroutine per attempt:
-        this is the hot path); everything off the success path is a call away."""
-        breaker = self.breaker
-        permit = 0
-        if breaker is not None:
-            permit = breaker._closed_permit  # closed: the permit, with no call at all
-            if permit < 0:
-                permit = self._door(breaker)
-        m = self.metrics
-        loop = _get_loop()
-        lock = m.lock  # m.start(), inlined: this is the hot path
-        lock.acquire()
-        m.calls += 1
-        m.inside += 1
-        lock.release()
-        t0 = loop.time()
-        deadline = None if self.total is None else t0 + self.total
-        if self.budget is not None:
-            self.budget.record_call()
-        attempt = Attempt(self, permit)
-        clock = self.clock
-        outcome = -1
-        n = 0
-        try:
-            while True:
-                n += 1
-                if n > 1 or self.layers:
-                    wait = self._readmit(attempt, n, loop, deadline)
-                    if wait > 0.0:  # a layer asked for a wait (a rate-limit token later)
-                        await self._layer_wait(attempt, wait, loop, deadline)
-                slot = attempt.enter(loop)
-                if slot is not None:
-                    await attempt.wait_slot(slot, loop, deadline)
-                when = deadline
-                if self.attempt_timeout is not None:
-                    end = loop.time() + self.attempt_timeout
-                    if when is None or end < when:
-                        when = end
-                if when is not None:
-                    attempt.timer = self.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                awaited: object = NOT_CALLED
-                try:
-                    if self.threaded:
-                        attempt.slot = False  # the thread gives the slot back when it ends
-                        result = await in_thread(self.bulkhead, loop, fn, args, kwargs)  # type: ignore[arg-type]
-                    else:
-                        awaited = fn(*args, **kwargs)
-                        result = await awaited  # type: ignore[misc]
-                except BaseException as exc:
-                    step = self._failed(attempt, exc, awaited, fn, n, when == deadline, deadline)
-                    if step is exc:
-                        raise
-                    await clock.sleep(step)  # type: ignore[arg-type]
-                    continue
-                attempt.succeeded()
-                outcome = 1
-                return result
-        except BaseException as exc:
-            outcome = self._outcome(exc, n)
-            raise
-        finally:
-            m.finish(outcome, loop.time() - t0)
-
-    def _outcome(self, exc: BaseException, n: int) -> int:
-        """The metrics outcome of a call that raised: 0 failure, -1 neither (cancelled, ignored,
-        rejected before any attempt ran, or the caller's own mistake)."""
-        if not isinstance(exc, Exception) or isinstance(exc, NotAwaitableError):
-            return -1
-        if isinstance(exc, RejectedError) and n <= 1:
-            return -1
-        return -1 if self.ignores(exc) else 0
-
-    def _readmit(
-        self,
-        attempt: Attempt,
-        n: int,
-        loop: asyncio.AbstractEventLoop,
-        deadline: float | None,
-    ) -> float:
-        """Before the bulkhead: a new breaker permit for a retry, then the layers; the wait
-        a layer asked for (0.0: none). Synchronous: a layer costs no coroutine of its own."""
-        if n > 1:
-            attempt.renew()
-        if not self.layers:
-            return 0.0
-        left = None if deadline is None else deadline - loop.time()
-        return attempt.pass_layers(self.clock.now(), left)
-
-    def _failed(
-        self,
-        attempt: Attempt,
-        exc: BaseException,
-        awaited: object,
-        fn: object,
-        n: int,
-        total: bool,
-        deadline: float | None,
-    ) -> BaseException | float:
-        """Attempt `n` raised `exc`: settle it and decide. Returns the backoff sleep before
-        the next attempt, or `exc` itself to re-raise as it is; raises the error that ends the
-        call when it is not `exc` (our GuardTimeoutError, or the caller's mistake)."""
-        if isinstance(exc, TypeError) and awaited is not NOT_CALLED:
-            attempt.refuse_not_awaitable(awaited, fn)
-        clock = self.clock
-        error = attempt.failed(exc, total, n, clock.now())
-        if isinstance(error, Exception):
-            remaining = None if deadline is None else deadline - _get_loop().time()
-            decision = decide(self, error, n, attempt.previous, remaining)
-            if type(decision) is Retry:
-                attempt.previous = decision.wait
-                return decision.wait
-        if error is exc:
-            return exc
-        raise error from None
-
-    async def _layer_wait(
-        self,
-        attempt: Attempt,
-        wait: float,
-        loop: asyncio.AbstractEventLoop,
-        deadline: float | None,
-    ) -> None:
-        """A layer asked the attempt to wait (a rate-limit token later): sleep on the engine's
-        clock, unless the total deadline would pass first."""
-        if deadline is not None and loop.time() + wait >= deadline:
-            self.metrics.count("timeouts")
-            error = GuardTimeoutError(self.name, "total", self.total or 0.0)
-            attempt.give_back("timeout", error)
-            raise error
-        try:
-            await self.clock.sleep(wait)
-        except BaseException as exc:
-            attempt.give_back("cancelled", exc)
-            raise
 
     # ------------------------------------------------------------- sync call
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

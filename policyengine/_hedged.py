@@ -23,6 +23,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._driver import call_outcome as outcome_of_call
+from ._driver import door, layer_wait
 from ._lifecycle import NOT_CALLED, Attempt, NotAwaitableError
 from ._race import arm, first_failed, first_succeeded
 from ._retry_decision import Retry, decide
@@ -50,7 +52,7 @@ async def _attempt(
     if guard.layers:
         wait = attempt.pass_layers(guard.clock.now())
         if wait > 0.0:
-            await guard._layer_wait(attempt, wait, loop, deadline)
+            await layer_wait(guard, attempt, wait, loop, deadline)
     slot = attempt.enter(loop)
     if slot is not None:
         await attempt.wait_slot(slot, loop, deadline)
@@ -121,7 +123,7 @@ async def hedged_call(
     if breaker is not None:
         permit = breaker._closed_permit
         if permit < 0:
-            permit = guard._door(breaker)
+            permit = door(guard, breaker)
     m = guard.metrics
     loop = asyncio.get_running_loop()
     lock = m.lock  # m.start(), inlined as in Guard._run
@@ -165,7 +167,7 @@ async def hedged_call(
             outcome = 1
             return result
     except BaseException as exc:
-        outcome = guard._outcome(exc, n)
+        outcome = outcome_of_call(guard, exc, n)
         raise
     finally:
         m.finish(outcome, loop.time() - t0)

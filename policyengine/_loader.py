@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,10 +34,11 @@ from ._files import (
     too_deep,
     too_large,
 )
-from ._inherit import Chain, Doc, Node, leaves, merge_chain, resolve_chains
+from ._inherit import Chain, Doc, Node, merge_chain, resolve_chains
 from ._latency import schedule_warning
 from ._lines import KeyPath, dotted
 from ._models import Policy, PolicyFile, StateOptions
+from ._origins import Origins as _Origins
 from ._record import RecordOptions
 from .exceptions import PolicyIssue, PolicyValidationError
 
@@ -273,35 +274,6 @@ def _issue(
             break
     line = owner.doc.line((*owner.prefix, *rel))
     return PolicyIssue(owner.doc.source, line, dotted((*node.prefix, *rel)), message, severity)
-
-
-def _where(node: Node, rel: KeyPath) -> str:
-    return f"{node.doc.source}:{node.doc.line((*node.prefix, *rel))} ({node.label})"
-
-
-class _Origins(Mapping[str, Mapping[str, str]]):
-    """Policy name -> dotted key -> ``"file:line (templates.x)"``, worked out when first read
-    (only `explain` reads it; a reload need not scan every file for lines)."""
-
-    def __init__(self) -> None:
-        self.sources: dict[str, tuple[dict[str, Any], dict[KeyPath, Node]]] = {}
-        self._done: dict[str, Mapping[str, str]] = {}
-
-    def __getitem__(self, name: str) -> Mapping[str, str]:
-        found = self._done.get(name)
-        if found is None:
-            data, owners = self.sources[name]
-            found = self._done[name] = {dotted(p): _where(owners[p], p) for p in leaves(data)}
-        return found
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.sources)
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __repr__(self) -> str:
-        return f"<origins of {', '.join(self.sources) or 'no policies'}>"
 
 
 def _build(

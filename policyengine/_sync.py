@@ -129,7 +129,7 @@ def _run(guard: Guard, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict
 
 
 def _outcome(guard: Guard, exc: BaseException, n: int) -> int:
-    """The metrics outcome of a call that raised (see `Guard._outcome`)."""
+    """The metrics outcome of a call that raised (see `_driver.call_outcome`)."""
     if not isinstance(exc, Exception) or isinstance(exc, NotBlockingError):
         return -1
     if isinstance(exc, RejectedError) and n <= 1:
