@@ -184,7 +184,9 @@ class GuardHandle:
     # ---------------------------------------------------------- keyed guards
     def key(self, key: str) -> KeyedHandle:
         """A handle on `key`'s lane of a partitioned policy (`_keyed_handle`): its own breaker."""
-        return keyed_handle(self, key)
+        cache = self._keyed  # a request path calls this each time: the kept one, at once
+        found = None if cache is None else cache.get(key)
+        return found if found is not None else keyed_handle(self, key)
 
     def keys(self) -> dict[str, str]:
         """{key: state} of the keys a partitioned policy keeps now ({} without `partition`)."""
