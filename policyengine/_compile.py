@@ -42,6 +42,7 @@ from ._enforce import attach_ramp
 from ._events import Event, Listeners
 from ._fallback import Fallback
 from ._guard import Guard
+from ._keyed import partition_guard
 from ._metrics import GuardMetrics
 from ._models import Policy
 from ._retry import RetryBudget, RetryStrategy
@@ -146,7 +147,7 @@ def _compile_one(
     change = "new" if old is None else "kept state"
     metrics = old.metrics if old is not None else GuardMetrics()
     breaker = None
-    if policy.breaker is not None:
+    if policy.breaker is not None and policy.partition is None:  # partitioned: one per key
         prev = old.breaker if old is not None else None
         same_kind = (
             prev is not None
@@ -204,6 +205,8 @@ def _compile_one(
         guard.threaded = policy.bulkhead.kind == "threads"
     attach_ramp(guard, old)  # enforce / ramp (_enforce), if the policy has them
     attach_drill(guard, old)  # a chaos drill (_drill), if the policy has one
+    if policy.partition is not None:  # a breaker (and bulkhead) per key: `_keyed`
+        guard = partition_guard(guard, old, make_breaker, _counting(emit, metrics), commits)
     return guard, change
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from ._keyed_handle import KeyedHandle, attempt_guard, keyed_handle, keys_of
 from ._scope import AttemptScope
 from ._sync import call_sync as _call_sync
 
@@ -66,11 +67,12 @@ class GuardHandle:
     """Call through a named policy: `await h.call(fn, ...)`, `h.call_sync(fn, ...)`, `@h`,
     `async with h:` / `with h:` (one attempt)."""
 
-    __slots__ = ("__weakref__", "_engine", "name")
+    __slots__ = ("__weakref__", "_engine", "_keyed", "name")
 
     def __init__(self, name: str, engine: Engine | None = None) -> None:
         self.name = name
         self._engine = engine
+        self._keyed: dict[str, KeyedHandle] | None = None  # `key()`'s handles, made once
 
     def __repr__(self) -> str:
         return f"<GuardHandle {self.name!r} state={self.state!r}>"
@@ -137,7 +139,7 @@ class GuardHandle:
 
     # ---------------------------------------------------- one attempt scope
     async def __aenter__(self) -> GuardHandle:
-        scope = AttemptScope(self.current())
+        scope = AttemptScope(attempt_guard(self.current()))
         await scope.enter_async(asyncio.current_task())
         _scopes.set((*_scopes.get(), scope))
         return self
@@ -151,7 +153,7 @@ class GuardHandle:
         return self._pop().exit(exc)
 
     def __enter__(self) -> GuardHandle:
-        scope = AttemptScope(self.current())
+        scope = AttemptScope(attempt_guard(self.current()))
         scope.enter_sync()
         _scopes.set((*_scopes.get(), scope))
         return self
@@ -178,3 +180,14 @@ class GuardHandle:
     def metrics(self) -> GuardSnapshot:
         """Counters since the guard was created (kept across reloads) and the state."""
         return self.current().snapshot()
+
+    # ---------------------------------------------------------- keyed guards
+    def key(self, key: str) -> KeyedHandle:
+        """A handle on `key`'s lane of a partitioned policy (`_keyed_handle`): its own breaker."""
+        cache = self._keyed  # a request path calls this each time: the kept one, at once
+        found = None if cache is None else cache.get(key)
+        return found if found is not None else keyed_handle(self, key)
+
+    def keys(self) -> dict[str, str]:
+        """{key: state} of the keys a partitioned policy keeps now ({} without `partition`)."""
+        return keys_of(self.current())

@@ -22,6 +22,7 @@ from ._matcher_models import (
     MatcherSpec,
     resolve_matchers,
 )
+from ._partition_models import PartitionOptions, check_partition
 from ._ramp import RampOptions
 from ._record import RecordOptions
 from ._state_url import URL_PATTERN, check_state_url
@@ -38,6 +39,7 @@ __all__ = [
     "HedgeOptions",
     "MatcherSpec",
     "OpenBackoff",
+    "PartitionOptions",
     "Policy",
     "PolicyFile",
     "RateLimitOptions",
@@ -331,6 +333,13 @@ class Policy(FrozenModel):
     enforce: Ratio | None = Field(default=None, description="Share of calls enforced (_ramp).")
     ramp: RampOptions | None = None
     chaos: ChaosOptions | None = None
+    partition: PartitionOptions | None = None
+
+    @model_validator(mode="after")
+    def _partition_has_lanes(self) -> Policy:
+        kind = None if self.bulkhead is None else self.bulkhead.kind
+        check_partition(self.partition, self.breaker is not None, kind)
+        return self
 
 
 class StateOptions(FrozenModel):

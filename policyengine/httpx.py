@@ -39,6 +39,9 @@ What a request goes through:
   under it: one ERROR log line and a ``fallback_unusable`` event (data ``problem``); requests
   keep flowing, and if that fallback is then used, the request fails with
   `UnusableFallbackError` naming the policy and the fix (a plain `TypeError` before).
+- A policy with `[partition]` is keyed by the request URL's authority (``host``, or
+  ``host:port`` when the URL names a port; never the user info): every host gets its own
+  breaker, so one sick host does not open the circuit for the others.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import httpx
 from ._handle import GuardHandle
 from ._http_fallback import UnusableFallbackError, bound, report_unusable
 from ._http_fallback import fallback_problem as _fallback_problem
+from ._keyed_handle import KeyedHandle, partition_of
 from ._matchers import Matcher
 from ._models import resolve_matchers
 
@@ -222,6 +226,16 @@ class _Guarding:
             self._check_fallback(handle, guard, first=rule is None)
         return rule
 
+    @staticmethod
+    def _keyed(
+        handle: GuardHandle, rule: _StatusRule, request: httpx.Request
+    ) -> GuardHandle | KeyedHandle:
+        """A partitioned policy's handle on the request's authority (see the module)."""
+        if partition_of(rule.guard) is None:
+            return handle
+        url = request.url
+        return handle.key(url.host if url.port is None else f"{url.host}:{url.port}")
+
     def _check_fallback(self, handle: GuardHandle, guard: Guard, *, first: bool) -> None:
         """A new guard version (a reload, or a guard a callable spec chose): say at once when
         its fallback cannot give a response; never fail the request for it."""
@@ -285,11 +299,12 @@ class GuardedTransport(_Guarding, httpx.AsyncBaseTransport):
         if handle is None:
             return await self._transport.handle_async_request(request)
         rule = self._rule(handle)
+        target = self._keyed(handle, rule, request)
         try:
             if self._single_attempt(request, rule.guard):
-                async with handle:
+                async with target:
                     return await self._attempt(request, rule)
-            result = await handle.call(self._attempt, request, rule)
+            result = await target.call(self._attempt, request, rule)
         except RetryableStatusError as exc:
             return exc.response
         return self._response(result, handle)
@@ -332,11 +347,12 @@ class GuardedSyncTransport(_Guarding, httpx.BaseTransport):
         if handle is None:
             return self._transport.handle_request(request)
         rule = self._rule(handle)
+        target = self._keyed(handle, rule, request)
         try:
             if self._single_attempt(request, rule.guard):
-                with handle:
+                with target:
                     return self._attempt(request, rule)
-            result = handle.call_sync(self._attempt, request, rule)
+            result = target.call_sync(self._attempt, request, rule)
         except RetryableStatusError as exc:
             return exc.response
         return self._response(result, handle)

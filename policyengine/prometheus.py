@@ -32,6 +32,14 @@ Metrics (every guard metric carries a ``guard`` label):
                                                             and queueing included; a call an
                                                             open circuit turns away at once is
                                                             not timed)
+``policyengine_key_state{key}``                 gauge       partitioned policies: the state of at
+                                                            most ``keys_per_guard`` keys (open
+                                                            ones first), the rest folded into
+                                                            ``key="other"`` (their highest state)
+``policyengine_keys{state}``                    gauge       partitioned policies: keys kept, by
+                                                            state
+``policyengine_keys_would_trip_total``          counter     trips past ``max_open_ratio``, only
+                                                            observed
 ``policyengine_reloads_total{result}``          counter     ``success`` / ``failure`` (no guard
                                                             label)
 ``policyengine_policy_version_info{version}``   info        content hash of the policies in force
@@ -43,7 +51,7 @@ a registry when one is given another ``prefix``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -54,10 +62,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.metrics_core import Metric
 
+from ._keyed_export import KEYS_SHOWN, key_counts, key_states, would_trips
 from ._metrics import STATE_VALUES
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._guard import Guard
 
 __all__ = ["STATE_VALUES", "PolicyEngineCollector"]
 
@@ -70,9 +80,16 @@ _INF = float("inf")
 class PolicyEngineCollector:
     """A prometheus_client collector for one engine (None: the default engine, at each scrape)."""
 
-    def __init__(self, engine: Engine | None = None, *, prefix: str = "policyengine") -> None:
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        prefix: str = "policyengine",
+        keys_per_guard: int = KEYS_SHOWN,
+    ) -> None:
         self._engine = engine
         self._prefix = prefix
+        self._keys_shown = keys_per_guard
 
     @property
     def engine(self) -> Engine:
@@ -120,11 +137,23 @@ class PolicyEngineCollector:
                     buckets.append((repr(float(bound)), seen))
             buckets.append(("+Inf", duration["count"]))
             fam("call_duration_seconds").add_metric(g, buckets, duration["sum"])
+            self._keyed(fam, name, guard)
         status = engine.status()
         fam("reloads").add_metric(["success"], status["reloads"])
         fam("reloads").add_metric(["failure"], status["failed_reloads"])
         fam("policy_version").add_metric([], {"version": str(status["version"])})
         return iter(fams)
+
+    def _keyed(self, fam: Callable[[str], Any], name: str, guard: Guard) -> None:
+        """The bounded per-key view of a partitioned policy (`_keyed_export`)."""
+        trips = would_trips(guard)
+        if trips is None:
+            return
+        for key, value in key_states(guard, self._keys_shown):
+            fam("key_state").add_metric([name, key], value)
+        for state, count in key_counts(guard).items():
+            fam("keys").add_metric([name, state], count)
+        fam("keys_would_trip").add_metric([name], trips)
 
     def _families(self) -> list[Metric]:
         p = self._prefix
@@ -164,6 +193,17 @@ class PolicyEngineCollector:
                 f"{p}_call_duration_seconds",
                 "Duration of whole guarded calls (retries, sleeps and queueing included).",
                 labels=guard,
+            ),
+            GaugeMetricFamily(
+                f"{p}_key_state",
+                "Keyed guards: a key's breaker state (at most N keys, the rest as key=other).",
+                labels=["guard", "key"],
+            ),
+            GaugeMetricFamily(
+                f"{p}_keys", "Keyed guards: keys kept, by state.", labels=["guard", "state"]
+            ),
+            CounterMetricFamily(
+                f"{p}_keys_would_trip", "Keyed guards: trips past max_open_ratio.", labels=guard
             ),
             CounterMetricFamily(f"{p}_reloads", "Policy reloads, by result.", labels=["result"]),
             InfoMetricFamily(f"{p}_policy_version", "The policies in force (content hash)."),
