@@ -18,6 +18,7 @@ from ._engine import Engine
 from ._events import Event, log_listener
 from ._guard import Guard
 from ._handle import GuardHandle
+from ._keyed_handle import KeyedHandle
 from ._loader import PolicySet
 from ._snapshot import GuardSnapshot
 from .exceptions import (
@@ -43,6 +44,7 @@ __all__ = [
     "GuardHandle",
     "GuardSnapshot",
     "GuardTimeoutError",
+    "KeyedHandle",
     "MonotonicClock",
     "PolicyEngineError",
     "PolicyIssue",

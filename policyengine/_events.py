@@ -69,7 +69,7 @@ EventName = Literal[
     "would_reject", "would_retry", "would_timeout", "hedge", "injected",
     "reload", "reload_failed", "policy_removed", "state_backend_changed",
     "store_degraded", "store_recovered", "fallback_unusable",
-    "rate_limit_paused", "throttling", "throttling_stopped",
+    "rate_limit_paused", "throttling", "throttling_stopped", "would_trip",
 ]  # fmt: skip
 EVENT_NAMES: frozenset[str] = frozenset(get_args(EventName))
 
@@ -202,6 +202,7 @@ _PER_CALL = frozenset(
         "would_timeout",
         "hedge",
         "injected",
+        "would_trip",
     }
 )
 _LEVELS = {

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -26,11 +25,9 @@ from ._chaos import ChaosOptions, drill_issue
 from ._diagnostics import clean_loc, describe, without_typo_echoes
 from ._files import (
     MAX_FILE_BYTES,
-    Unreadable,
     depth_message,
     files_of,
     read_all,
-    read_text,
     too_deep,
     too_large,
 )
@@ -42,7 +39,7 @@ from ._origins import Origins as _Origins
 from ._record import RecordOptions
 from .exceptions import PolicyIssue, PolicyValidationError
 
-__all__ = ["PolicySet", "load_path", "load_text", "state_issue"]
+__all__ = ["PolicySet", "load_path", "load_text"]
 
 
 @dataclass(frozen=True)
@@ -358,27 +355,3 @@ def load_path(
     else:
         version = _hash(texts[0][1]) if texts else _hash("")
     return _build(texts, issues, version, strict, allow_modules, validating)
-
-
-def state_issue(policy_set: PolicySet, exc: Exception) -> PolicyIssue:
-    """The problem of a `[state]` that validated but whose backend cannot be built (a missing
-    redis package, a url redis-py cannot parse), located where `[state]` was written."""
-    key = "backend" if isinstance(exc, ImportError) else "url"
-    message = str(exc)
-    try:
-        password = urlsplit(policy_set.state.url).password
-    except ValueError:
-        password = None
-    if password:
-        message = message.replace(password, "***")
-    message = f"the state backend cannot be set up: {message}"
-    for source in policy_set.sources:
-        try:
-            text = read_text(Path(source))
-            data = tomllib.loads(text)
-        except (OSError, ValueError, Unreadable, RecursionError):  # "<string>", or changed since
-            continue
-        if "state" in data:
-            return Doc(source, text, data).issue(("state", key), message)
-    source = policy_set.sources[0] if policy_set.sources else "<string>"
-    return PolicyIssue(source, None, f"state.{key}", message)

@@ -25,6 +25,7 @@ PUBLIC = [
     "GuardHandle",
     "GuardSnapshot",
     "GuardTimeoutError",
+    "KeyedHandle",
     "MonotonicClock",
     "PolicyEngineError",
     "PolicyIssue",
