@@ -1,8 +1,10 @@
 """Shared breaker state on Redis: what it costs on the closed path, and how fast a trip spreads.
 
-    .venv/bin/python bench/bench_redis.py [--url redis://...] [--calls N] [--trials T]
+    .venv/bin/python bench/bench_redis.py [--url URL] [--topology T] [--calls N] [--trials T]
 
-Without --url it starts a throwaway redis-server on a free loopback port (needs the binary).
+Without --url it starts throwaway servers on free loopback ports (needs redis-server and
+redis-cli): `--topology single` one redis-server, `cluster` a 3-master Redis Cluster, `sentinel`
+a master, its replica and a Sentinel; `all` (the default) measures 1. on each in turn.
 
 1. Closed-path overhead: the same breaker policy, `await guard.call(ok)` and `call_sync`, with
    `[state] backend = "memory"` and with `backend = "redis"` + `shared = true` (no store round trip
@@ -76,11 +78,11 @@ def per_call_sync(engine: Engine, calls: int) -> float:
     return (time.perf_counter() - t0) / calls
 
 
-def overhead(url: str, calls: int) -> None:
-    memory = policyengine.loads(text("memory", url, "m"), default=False)
+def overhead(url: str, calls: int, label: str = "") -> None:
+    memory = policyengine.loads(text("memory", "redis://127.0.0.1:1/0", "m"), default=False)
     shared = policyengine.loads(text("redis", url, f"b{uuid.uuid4().hex[:8]}"), default=False)
     connected(shared)
-    print(f"closed path, {calls:,} calls per run, median of 5 runs (us/call):")
+    print(f"closed path{label}, {calls:,} calls per run, median of 5 runs (us/call):")
     for label, bench in (
         ("await guard.call(ok)", per_call_async),
         ("call_sync(ok)", per_call_sync),
@@ -159,27 +161,44 @@ def propagation(url: str, trials: int) -> None:
     )
 
 
+def start(topology: str, directory: Path) -> Any:
+    """A throwaway server set (with `.url` and `.stop()`), or exit saying what is missing."""
+    from redis_server import RedisServer
+    from redis_topologies import Cluster, SentinelSet
+
+    kinds: dict[str, Any] = {
+        "single": RedisServer.start_new,
+        "cluster": Cluster.start_new,
+        "sentinel": SentinelSet.start_new,
+    }
+    made = kinds[topology](directory)
+    if made is None:
+        raise SystemExit("redis-server / redis-cli not found: install them or pass --url")
+    return made
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="an existing Redis (default: start redis-server)")
+    parser.add_argument("--url", help="an existing store (default: start servers here)")
+    parser.add_argument(
+        "--topology", choices=("single", "cluster", "sentinel", "all"), default="all"
+    )
     parser.add_argument("--calls", type=int, default=50_000)
     parser.add_argument("--trials", type=int, default=30)
     args = parser.parse_args()
-    server = None
-    url = args.url
-    if url is None:
-        from redis_server import RedisServer
-
-        server = RedisServer.start_new(Path(tempfile.mkdtemp()))
-        if server is None:
-            raise SystemExit("redis-server not found: install it or pass --url")
-        url = server.url
-    try:
-        overhead(url, args.calls)
-        propagation(url, args.trials)
-    finally:
-        if server is not None:
-            server.stop()
+    if args.url is not None:
+        overhead(args.url, args.calls)
+        propagation(args.url, args.trials)
+        return
+    topologies = ["single", "cluster", "sentinel"] if args.topology == "all" else [args.topology]
+    for topology in topologies:
+        servers = start(topology, Path(tempfile.mkdtemp()))
+        try:
+            overhead(servers.url, args.calls, f" ({topology})")
+            if topology == "single":
+                propagation(servers.url, args.trials)
+        finally:
+            servers.stop()
 
 
 if __name__ == "__main__":

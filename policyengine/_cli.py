@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module, e.g. "policyengine._simulate",
     "policyengine._top",
     "policyengine._cli_rollout",  # simulate, suggest
+    "policyengine._cli_fleet",  # force, fleet
 )
 """Modules adding a subcommand through their ``add_parser(sub)`` (see the module docstring)."""
 

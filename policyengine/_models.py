@@ -6,9 +6,9 @@ frozen and forbids unknown keys. Defaults here are the documented defaults of th
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, Strict, ValidationInfo, field_validator, model_validator
 
 from ._adaptive_models import check_bulkhead, require_limit
 from ._admission_models import RateLimitOptions, ThrottleOptions
@@ -192,7 +192,15 @@ class BreakerOptions(FrozenModel):
     force: Literal["open", "closed"] | None = Field(
         default=None, description="Operator override, sticky until removed."
     )
-    shared: bool = Field(default=False, strict=True, description="Keep state in [state].")
+    shared: Annotated[bool, Strict()] | Literal["quorum"] = Field(
+        default=False,
+        description='Keep state in [state]: true (one fleet breaker) or "quorum" (see quorum).',
+    )
+    quorum: Annotated[int, Strict()] | Annotated[float, Strict()] | None = Field(
+        default=None,
+        description='shared = "quorum": open everywhere once this many live processes (3) or '
+        "this share of them (0.5, the default) have opened their own breaker.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BreakerOptions:
@@ -213,6 +221,11 @@ class BreakerOptions(FrozenModel):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise FieldError(key, f"{key} must be greater than 0s")
+        if self.quorum is not None and self.shared != "quorum":
+            raise FieldError("quorum", 'quorum needs shared = "quorum"')
+        q = self.quorum
+        if (isinstance(q, int) and q < 1) or (isinstance(q, float) and not 0 < q <= 1):
+            raise FieldError("quorum", "quorum: a count of processes (>= 1) or a share (0..1]")
         if self.open_backoff is not None and self.open_backoff.max < self.open_duration:
             raise FieldError(
                 "open_backoff",

@@ -162,6 +162,8 @@ class Reloads:
             removed = self._swap(compiled)
             retired = self._state_backend if how == "new backend" else None
             self._state_backend, self._state_options = backend, policy_set.state
+            if backend is not None:  # (heartbeats say which policy version each process runs)
+                backend.fleet.version = policy_set.version
             previous, self._policy_set = self._policy_set.version, policy_set
             self._changes = dict(compiled.changes)
             self._changes.update({n: "removed" for n in self._removed})

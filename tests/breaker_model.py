@@ -254,9 +254,14 @@ class BreakerModel:
         return Rejection(state, max(retry_after, 0.0))
 
     def _probe_wait_left(self, now: float) -> float:
-        if self.cfg.max_wait is None or not self.probes:
+        """Until the oldest probe counts as hung; without a max wait, until it has run one
+        open_duration, then one open_duration again (never 0: no call can go)."""
+        if not self.probes:
             return 0.0
-        return min(self.probes.values()) + self.cfg.max_wait - now
+        if self.cfg.max_wait is not None:
+            return min(self.probes.values()) + self.cfg.max_wait - now
+        left = min(self.probes.values()) + self.cfg.open_duration - now
+        return left if left > 0 else self.cfg.open_duration
 
     # -- outcomes ----------------------------------------------------------------------------
 

@@ -191,12 +191,20 @@ def probe_worker(text: str, coroutines: int, hold: float, ready: Any, go: Any, o
         await asyncio.sleep(hold)
 
     async def burst() -> list[str]:
+        # On the event loop a lease is fetched in the background (the calls meanwhile are
+        # refused with retry_after = one round trip), so each call retries for a second: far
+        # less than the probes hold, so no call can come after the probes closed the breaker.
+        until = time.monotonic() + 1.0
+
         async def one() -> str:
-            try:
-                await guard.call(probe)
-                return "admitted"
-            except CircuitOpenError:
-                return "rejected"
+            while True:
+                try:
+                    await guard.call(probe)
+                    return "admitted"
+                except CircuitOpenError as exc:
+                    if time.monotonic() >= until:
+                        return "rejected"
+                    await asyncio.sleep(min(max(exc.retry_after, 0.002), 0.02))
 
         return list(await asyncio.gather(*(one() for _ in range(coroutines))))
 

@@ -766,15 +766,29 @@ def test_retry_after_in_half_open_and_its_lazy_transitions() -> None:
     assert changes(events)[-1] == ("half_open", "open", "probe_timeout")
 
 
-def test_half_open_full_without_max_wait_says_retry_now() -> None:
-    b, _, clock = make(consecutive_failures=1)
+def test_a_half_open_rejection_says_when_the_probes_can_be_judged() -> None:
+    """Regression (issue 14): with every probe permit taken the call cannot go, so the hint is
+    never 0: the time until the oldest probe has run one open_duration (without
+    half_open_max_wait), then one open_duration again; with it, until the probe counts as hung."""
+    b, _, clock = make(consecutive_failures=1, open_duration="30s")
     fail(b)
     clock.advance(30)
     b.acquire()
-    assert b.retry_after() == 0.0
+    clock.advance(5)
+    assert b.retry_after() == pytest.approx(25)
     with pytest.raises(CircuitOpenError) as info:
         b.acquire()
-    assert info.value.retry_after == 0.0
+    assert info.value.retry_after == pytest.approx(25)
+    clock.advance(40)  # a probe with no deadline, running for 45 s
+    assert b.retry_after() == pytest.approx(30)
+    b, _, clock = make(consecutive_failures=1, half_open_max_wait="4s")
+    fail(b)
+    clock.advance(30)
+    b.acquire()
+    clock.advance(1)
+    with pytest.raises(CircuitOpenError) as info:
+        b.acquire()
+    assert info.value.retry_after == pytest.approx(3)  # at most half_open_max_wait
 
 
 def test_open_backoff_never_overflows() -> None:

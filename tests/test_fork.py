@@ -357,6 +357,9 @@ def test_a_shared_breaker_used_before_the_fork_works_across_parent_and_child(
             while handle.state != "open" and time.monotonic() < deadline:
                 with contextlib.suppress(ConnectionError, CircuitOpenError):
                     handle.call_sync(boom)
+            breaker = engine.guards["svc"].breaker
+            assert breaker is not None  # tripped here at once (issue 14): wait for the store
+            wait_until(lambda: breaker.snapshot()["store_state"] == "open", "the confirmation")
             return {
                 "connected": connected["connected"],
                 "degraded": connected["degraded"],

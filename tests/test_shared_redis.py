@@ -107,6 +107,24 @@ def snapshot(engine: Engine) -> dict[str, object]:
     return breaker.snapshot()
 
 
+def confirmed(engine: Engine, state: str = "open") -> None:
+    """A local trip is immediate; wait until the store's reply has confirmed it."""
+    wait_for(lambda: snapshot(engine)["store_state"] == state, 2, f"the store to say {state}")
+
+
+async def as_probe(engine: Engine, fn: Callable[[], Any], within: float = 3.0) -> Any:
+    """Call `fn` once it is admitted as a probe. On the event loop no lease round trip is waited
+    for: the calls before the lease is fetched are refused with retry_after = one round trip."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await engine.guard("svc").call(fn)
+        except CircuitOpenError as exc:
+            assert time.monotonic() < deadline, "no probe lease came"
+            assert 0 < exc.retry_after <= 3600
+            await asyncio.sleep(min(exc.retry_after, 0.01))
+
+
 # -- without a server ------------------------------------------------------------------------
 
 
@@ -210,6 +228,7 @@ def test_keys_names_ttl_and_prefixes(server: RedisServer, engines: Any) -> None:
     connected(a, other)
     fail(a)
     wait_for(lambda: a.guard("svc").state == "open", 2, "the trip")
+    confirmed(a)
     assert server.command("HGET", f"{p}:breaker:svc", "st").endswith(b"open\r\n")
     ttl = int(server.command("PTTL", f"{p}:breaker:svc")[1:].split(b"\r\n")[0])
     assert ttl > 3_600_000  # an open key outlives its open period
@@ -254,7 +273,7 @@ async def test_a_cancelled_probe_returns_its_lease(server: RedisServer, engines:
         started.set()
         await asyncio.sleep(60)
 
-    probe = asyncio.create_task(a.guard("svc").call(hang))
+    probe = asyncio.create_task(as_probe(a, hang))
     await asyncio.wait_for(started.wait(), 5)
     with pytest.raises(CircuitOpenError):  # the one lease is held by a
         await b.guard("svc").call(asyncio.sleep, 0)
@@ -286,7 +305,7 @@ async def test_the_lease_of_a_crashed_process_expires(server: RedisServer, engin
         started.set()
         await asyncio.sleep(60)
 
-    probe = asyncio.create_task(a.guard("svc").call(hang))
+    probe = asyncio.create_task(as_probe(a, hang))
     await asyncio.wait_for(started.wait(), 5)
     a.close()  # "crashed": its lease is never returned
     t0 = time.monotonic()
@@ -300,6 +319,130 @@ async def test_the_lease_of_a_crashed_process_expires(server: RedisServer, engin
     assert time.monotonic() - t0 >= 0.2  # not before the lease's time
     wait_for(lambda: b.guard("svc").state == "closed", 2, "closed by b's probe")
     probe.cancel()
+
+
+# -- issue 14: no calls let through while the store is asked, no loop blocked -------------------
+
+
+@pytest.mark.parametrize("how", ["async", "threads"])
+def test_a_shared_breaker_trips_at_once_on_its_own_counts(
+    server: RedisServer, engines: Any, how: str
+) -> None:
+    """Regression: the trip waited for the store's reply, and 1,188 (async) to 3,128 (threads)
+    calls went through first. Now the local counts trip at once and the store confirms."""
+    p = prefix()
+    rule = 'consecutive_failures = 3\nopen_duration = "30s"'
+    a, b = engines(server.url, p, rule), engines(server.url, p, rule)
+    connected(a, b)
+    admitted = 0
+    lock = threading.Lock()
+
+    def failing() -> None:
+        nonlocal admitted
+        with lock:
+            admitted += 1
+        raise ConnectionError("down")
+
+    rejected = threading.Event()
+
+    def hammer() -> None:
+        while not rejected.is_set():
+            try:
+                a.guard("svc").call_sync(failing)
+            except CircuitOpenError:
+                rejected.set()
+            except ConnectionError:
+                pass
+
+    if how == "async":
+
+        async def one() -> None:
+            while not rejected.is_set():
+                try:
+                    await a.guard("svc").call(asyncio.to_thread, failing)
+                except CircuitOpenError:
+                    rejected.set()
+                except ConnectionError:
+                    pass
+
+        async def many() -> None:
+            await asyncio.gather(*(one() for _ in range(8)))
+
+        asyncio.run(many())
+        assert admitted <= 3 + 7  # at most the calls already in flight at the third failure
+    else:
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert admitted <= 3 + 3
+    assert admitted >= 3
+    assert a.guard("svc").state == "open"
+    confirmed(a)  # the store agrees: the fleet's counts hold the same run
+    wait_for(lambda: b.guard("svc").state == "open", 2, "b to see the trip")
+    assert not snapshot(a)["trip_unconfirmed"]
+
+
+def test_a_local_trip_the_fleet_does_not_confirm_is_undone(
+    server: RedisServer, engines: Any
+) -> None:
+    p = prefix()
+    rule = "failure_rate = 0.5\nminimum_calls = 4\nwindow_size = 100"
+    a, b = engines(server.url, p, rule), engines(server.url, p, rule)
+    connected(a, b)
+    seen: list[policyengine.Event] = []
+    a.add_listener(lambda e: seen.append(e) if e.name == "state_change" else None)
+    ok(b, 30)
+    wait_for(lambda: snapshot(b)["store_window_calls"] == 30, what="b's batch")
+    fail(a, 4)  # 4 of 4 here: a trips at once; the fleet has 4 of 34
+    confirmed(a, "closed")
+    wait_for(lambda: a.guard("svc").state == "closed", 2, "the trip undone")
+    assert [(e.data["to"], e.data["reason"]) for e in seen] == [
+        ("open", "failure_rate"),
+        ("closed", "trip_not_confirmed"),
+    ]
+    assert b.guard("svc").state == "closed"
+    ok(a)
+
+
+async def test_a_probe_lease_never_blocks_the_event_loop(
+    own_server: RedisServer, engines: Any
+) -> None:
+    """Regression: the half-open probe waited for its lease on the loop thread, for up to the
+    [state] timeout (2 s here). Now the call is refused at once (retry_after: one round trip)
+    while the lease is fetched in the background; a worker thread may still wait for it."""
+    p = prefix()
+    rule = 'consecutive_failures = 1\nopen_duration = "200ms"'
+    text = policies(own_server.url, p, rule).replace('timeout = "50ms"', 'timeout = "2s"')
+    a = policyengine.loads(text, default=False)
+    try:
+        connected(a)
+        fail(a)
+        wait_for(lambda: a.guard("svc").state == "half_open", 3, "half-open")
+        own_server.pause()
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            for _ in range(30):
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        t0 = time.perf_counter()
+        with pytest.raises(CircuitOpenError) as info:
+            await a.guard("svc").call(asyncio.sleep, 0)
+        assert time.perf_counter() - t0 < 0.05
+        assert 0 < info.value.retry_after <= 2.0
+        await tick
+        assert max(gaps) < 0.1  # the loop kept running
+    finally:
+        own_server.resume()
+        a.close()
+    # (with the store back, the lease comes and the next call probes: see as_probe's tests)
 
 
 # -- several processes ---------------------------------------------------------------------------
@@ -468,9 +611,9 @@ def test_on_error_open_or_closed(own_server: RedisServer, engines: Any, on_error
 def test_a_force_nobody_renews_lapses(
     server: RedisServer, engines: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from policyengine._shared import _backend, _cached_breaker
+    from policyengine._shared import _backend, _store
 
-    monkeypatch.setattr(_cached_breaker, "FORCE_TTL_MS", 300)
+    monkeypatch.setattr(_store, "FORCE_TTL_MS", 300)
     monkeypatch.setattr(_backend, "RESYNC_EVERY", 0.2)
     p = prefix()
     forced, b = engines(server.url, p, 'force = "open"'), engines(server.url, p, "")
@@ -736,8 +879,9 @@ def test_a_backend_replaced_at_runtime_is_restarted_after_fork(server: RedisServ
 
         def child() -> dict[str, Any]:
             wait_for(lambda: status(a)["connected"], what="the child's connection")
-            fail(a)  # judged in Redis: the trip comes back in the reply
+            fail(a)  # tripped at once, here; the reply confirms it
             wait_for(lambda: a.guard("svc").state == "open", 2, "the child's trip")
+            confirmed(a)
             return {
                 "same": a._state_backend is parent_backend,
                 "thread": a._state_backend._thread.is_alive(),

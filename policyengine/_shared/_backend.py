@@ -4,7 +4,8 @@ Guards never wait on Redis on the closed path: breakers decide from their cached
 outcome batches to this loop, which every `FLUSH_EVERY` seconds (at once after a failure) runs the
 ``report`` script for each breaker with something to report and adopts the state it returns.
 A pub/sub listener on ``{prefix}:events`` applies other processes' transitions within a round trip.
-The only synchronous round trip is a half-open probe lease, bounded by ``[state] timeout``.
+The only synchronous round trip is a half-open probe lease asked for off the event loop (a
+worker thread), bounded by ``[state] timeout`` (see `_leases`).
 
 Failures: every command has the ``[state] timeout`` and redis-py's retries are off, so a counting
 script is never re-run (a batch whose reply was lost is dropped, never sent twice). The first
@@ -12,22 +13,15 @@ failure marks the backend degraded and every shared breaker falls back to `on_er
 `RECOVER_EVERY` seconds looks for the store, and once it answers each breaker reconverges (a local
 open state is published, otherwise Redis wins) before it goes back to shared mode.
 
-A reload that changes `[state]` either retunes this backend (`retune`: a new `on_error` or
-`timeout`, same store) or replaces it: the engine then closes it after the swap (`close`: the
-last batches are flushed, bounded by the timeout, and its breakers, which calls still in flight
-may use, detach into plain local breakers).
-
-After `os.fork()` the child has no loop thread: `_after_fork` (run by the engine's fork hook, see
-`_fork`) gives it a loop, thread, clients and asyncio primitives of its own, and abandons the
-inherited ones unclosed (their sockets and epoll instance are the parent's too). The breakers stay
-registered and resync at the child's first tick; the outcomes they had batched are the parent's
-to report. A degraded backend stays degraded and recovers as in the parent.
+A reload that changes `[state]` retunes this backend (`retune`) or replaces it (`close`: the
+last batches are flushed, and its breakers detach into plain local breakers). After a fork the
+child gets a loop, thread and clients of its own (`_after_fork`). Connections: `_link`; probe
+leases: `_leases`; heartbeats and quorum breakers: `_fleet`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -36,18 +30,18 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from .._breaker import Breaker
 from .._clock import Clock
 from .._events import Event
 from .._fork import abandon
 from .._models import Policy, StateOptions
-from ._cached_breaker import CachedBreaker
+from ._address import parse_url
+from ._fleet import Fleet, QuorumBreaker, QuorumStore
+from ._link import Link
 from ._listener import listen
-from ._scripts import LUA, LUA_SHA, Arg
+from ._scripts import LUA, Arg
 from ._shared_breaker import SharedBreaker
-from ._wire import Reply, make_client, redact
+from ._store import RedisStore
 
 __all__ = ["RedisBackend"]
 
@@ -68,7 +62,6 @@ class RedisBackend:
         self.on_error = state.on_error
         self.prefix = state.prefix
         self.channel = f"{state.prefix}:events"
-        self._clock = clock
         self._emit = emit
         # wire name -> breaker; a breaker dropped by a reload (no longer `shared`) goes away
         self._breakers: weakref.WeakValueDictionary[str, SharedBreaker]
@@ -76,21 +69,51 @@ class RedisBackend:
         self._lock = threading.Lock()
         self._degraded = False
         self._degraded_since: float | None = None
-        self._connected = False
+        self.connected = False  # True from the first reply
         self._closing = False
         self._resync_at = 0.0
         self._retry_at = 0.0
         self.errors = 0
         self.dropped_batches = 0
         self.last_error: str | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
-        self._op_locks: dict[str, asyncio.Lock] = {}  # loop thread only
-        self._client = make_client(state.url, state.timeout, state.timeout)
-        self.subscriber = make_client(state.url, None, state.timeout)  # blocks on pub/sub reads
-        self._loop = asyncio.new_event_loop()
+        self.address = parse_url(state.url)  # ValueError: reported at the url's line
+        self.link = Link(self.address, state.timeout)  # loop, tasks, clients
         self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="policyengine-redis", daemon=True)
+        self.fleet = Fleet(self)
+
+    @property
+    def client(self) -> Any:
+        return self.link.client
+
+    _client = client
+
+    @property
+    def subscriber(self) -> Any:  # (blocks on pub/sub reads)
+        return self.link.subscriber
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.link.loop
+
+    _loop = loop
+
+    @property
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        return self.link.tasks
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
     # -- the engine's side ---------------------------------------------------------------------
 
@@ -103,13 +126,21 @@ class RedisBackend:
         observe = policy.mode == "observe"
         if not options.shared:
             return Breaker(name, options, clock, emit, observe=observe)
+        if options.shared == "quorum":
+            quorum = QuorumBreaker(name, options, clock, emit, self, observe=observe)
+            with self._lock:
+                self.fleet.add(quorum)
+                if not self._thread.is_alive() and not self._closing:
+                    self._thread.start()
+            self.wake()
+            return quorum
         breaker = SharedBreaker(name, options, clock, emit, self, self.prefix, observe=observe)
         with self._lock:
-            self._breakers[breaker.wire] = breaker
+            self._breakers[breaker.store.wire] = breaker
             if not self._thread.is_alive() and not self._closing:
                 self._thread.start()  # on the first shared breaker: none, no thread
         if self._degraded:
-            breaker.degrade(self.on_error)
+            breaker.store.degrade(self.on_error)
         self.wake()
         return breaker
 
@@ -121,17 +152,18 @@ class RedisBackend:
         degraded = any(b.degraded for b in breakers) if breakers else self._degraded
         return {
             "backend": "redis",
-            "url": redact(self.options.url),
+            "url": self.address.redacted(),
             "prefix": self.prefix,
             "on_error": self.on_error,
             "timeout": self.timeout,
-            "connected": self._connected and not degraded,
+            "connected": self.connected and not degraded,
             "degraded": degraded,
             "degraded_for": None if since is None else round(time.monotonic() - since, 3),
             "errors": self.errors,
             "last_error": self.last_error,
             "dropped_batches": self.dropped_batches,
             "shared_breakers": sorted(b.name for b in breakers),
+            **self.fleet.status(),
         }
 
     def close(self) -> None:
@@ -142,14 +174,14 @@ class RedisBackend:
             self._closing = True
             started = self._thread.ident is not None
         if not started:  # never used (no shared breaker): no thread to stop, only its loop
-            self._loop.close()
+            self.link.loop.close()
         self.wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(self.timeout * 4 + 1.0)
         for breaker in list(self._breakers.values()):
-            breaker.detach()
+            breaker.store.detach()
 
-    def shared_breakers(self) -> list[CachedBreaker]:
+    def shared_breakers(self) -> list[SharedBreaker]:
         return list(self._breakers.values())
 
     def same_store(self, state: StateOptions) -> bool:
@@ -159,15 +191,10 @@ class RedisBackend:
         return (state.backend, state.url, state.prefix) == (opts.backend, opts.url, opts.prefix)
 
     def retune(self, state: StateOptions) -> None:
-        """Take a reload's new `on_error` and `timeout` in place (`same_store(state)`): every
-        breaker stays registered and keeps its shared state, its batch and its local fallback.
-
-        `on_error`: breakers degraded now fall back to the new mode at once (the others when the
-        store next fails); the connections are kept. `timeout`: bounds every command from now
-        on; the clients, whose socket timeouts were set from the old one, are replaced on the
-        loop (which also resubscribes), and the old ones closed once a command started on them
-        has had its time.
-        """
+        """Take a reload's new `on_error` and `timeout` in place (`same_store(state)`): breakers
+        keep their shared state, batch and fallback. A new `on_error` applies at once to the
+        degraded ones; a new `timeout` replaces the clients on the loop (and resubscribes), the
+        old ones closed once a command started on them has had its time."""
         assert self.same_store(state), "retune keeps the store: build a new backend instead"
         with self._lock:
             old_timeout = self.timeout
@@ -176,44 +203,46 @@ class RedisBackend:
             self.timeout = state.timeout
             if state.timeout != old_timeout and not self._closing:
                 if self._thread.ident is None:  # no loop yet: the clients were never used
-                    self._client = make_client(state.url, state.timeout, state.timeout)
-                    self.subscriber = make_client(state.url, None, state.timeout)
+                    self.link.rebuild(state.timeout)
                 else:
-                    self._call_soon(self._swap_clients, old_timeout)
+                    self.link.call_soon(self._swap_clients, old_timeout)
         for breaker in list(self._breakers.values()):
-            breaker.degrade(state.on_error, only_if_degraded=True)
+            breaker.store.degrade(state.on_error, only_if_degraded=True)
 
     def _after_fork(self) -> bool:
         """In a forked child: a loop, thread and clients of its own (True), the thread started
-        at once if the parent's was. A closing or closed backend stays closed (False)."""
-        abandon(self._loop, self._client, self.subscriber, self._tasks, self._listener)
+        at once if the parent's was; the inherited ones are abandoned unclosed (their sockets
+        and epoll instance are the parent's too). The breakers stay registered and resync at
+        the first tick; what they had batched is the parent's to report. A degraded backend
+        stays degraded and recovers as in the parent; a closed one stays closed (False)."""
+        link = self.link
+        abandon(link.loop, link.client, link.subscriber, link.tasks, self._listener)
         self._lock = threading.Lock()
         started = self._thread.ident is not None
-        self._tasks = set()
         self._listener = None
-        self._op_locks = {}
         self._wake = asyncio.Event()
-        self._loop = asyncio.new_event_loop()
+        self.link.renew(clients=not self._closing)
         self._thread = threading.Thread(target=self._run, name="policyengine-redis", daemon=True)
         if self._closing:
-            self._loop.close()  # wake() and submit() find a closed loop, as after close()
+            self.link.loop.close()  # wake() and submit() find a closed loop, as after close()
             for breaker in list(self._breakers.values()):
-                breaker.detach()
+                breaker.store.detach()
             return False
-        self._client = make_client(self.options.url, self.timeout, self.timeout)
-        self.subscriber = make_client(self.options.url, None, self.timeout)
-        self._connected = False  # until this process's own first reply
+        self.fleet.after_fork()
+        self.connected = False  # until this process's own first reply
         self._resync_at = 0.0  # read every breaker at the first tick
         for breaker in list(self._breakers.values()):
-            breaker.take_batch()  # counted by the parent, which reports them
+            breaker.store.take_batch()  # counted by the parent, which reports them
+            breaker.store.op_lock = None  # (the parent's loop's)
         if started:
             self._thread.start()
         return True
 
     # -- the breakers' side (any thread) -------------------------------------------------------
 
-    def breaker(self, wire: str) -> CachedBreaker | None:
-        return self._breakers.get(wire)
+    def store(self, wire: str) -> RedisStore | QuorumStore | None:
+        breaker = self._breakers.get(wire)
+        return self.fleet.store(wire) if breaker is None else breaker.store
 
     def resync_soon(self) -> None:
         """Re-read every breaker at the next tick (pub/sub messages may have been missed)."""
@@ -222,43 +251,19 @@ class RedisBackend:
 
     def wake(self) -> None:
         """Flush soon (a failure was counted, or a breaker needs syncing)."""
-        self._call_soon(self._wake.set)
+        self.link.call_soon(self._wake.set)
 
-    def _call_soon(self, callback: Callable[..., object], *args: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed
-            pass
-
-    def lease(self, breaker: CachedBreaker) -> Reply | None:
-        """Ask for a probe lease, waiting at most `timeout`. None: the store failed (degraded)."""
-        if self._closing or threading.current_thread() is self._thread:
-            return None
-        coro = self._op(breaker, "probe", ())
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(self.timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            self.fail(TimeoutError(f"no probe lease within {self.timeout}s"))
-        except Exception:  # already recorded by _op
-            pass
-        return None
-
-    def submit(self, breaker: CachedBreaker, op: str, args: tuple[Arg, ...]) -> None:
+    def submit(self, breaker: RedisStore, op: str, args: tuple[Arg, ...]) -> None:
         """Run one script for `breaker` without waiting (probe outcomes, forced states)."""
-        if self._closing:
-            return
+        self.start_job(lambda: self._apply(breaker, op, args))
 
-        def start() -> None:
-            task = self._loop.create_task(self._apply(breaker, op, args))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def sync_later(self, store: RedisStore, delay: float) -> None:
+        """Read `store`'s state again after `delay` (when an override lapses)."""
+        self.link.call_soon(self.link.loop.call_later, delay, self.submit, store, "sync", ())
 
-        try:
-            self._loop.call_soon_threadsafe(start)
-        except RuntimeError:
-            pass
+    def start_job(self, job: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Start `job()` on the loop as a task of this backend; False if it is closing."""
+        return not self._closing and self.link.start(job)
 
     def fail(self, exc: BaseException) -> None:
         """Record a store failure; the first one degrades every shared breaker."""
@@ -278,7 +283,7 @@ class RedisBackend:
             self.on_error,
         )
         for breaker in list(self._breakers.values()):
-            breaker.degrade(self.on_error)
+            breaker.store.degrade(self.on_error)
         self._emit(
             Event("store_degraded", "*", {"error": self.last_error, "on_error": self.on_error})
         )
@@ -286,16 +291,22 @@ class RedisBackend:
     # -- the loop ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
+        loop = self.link.loop
+        asyncio.set_event_loop(loop)
         try:
-            self._loop.run_until_complete(self._main())
+            loop.run_until_complete(self._main())
         finally:
-            self._loop.close()
+            loop.close()
 
     def _restart_listener(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
         self._listener = asyncio.get_running_loop().create_task(listen(self))
+
+    def rotate_subscriber(self) -> None:
+        """(On the loop, after a lost subscription.) A cluster's next node for pub/sub."""
+        if not self._closing:
+            self.link.next_node()
 
     def _swap_clients(self, grace: float) -> None:
         """(On the loop, for `retune`.) New clients with the new timeout, a new subscription on
@@ -303,24 +314,15 @@ class RedisBackend:
         the timeout in force when it started), or at shutdown, whichever comes first."""
         if self._closing:
             return  # _main is shutting down and closes the clients in force
-        old = (self._client, self.subscriber)
-        self._client = make_client(self.options.url, self.timeout, self.timeout)
-        self.subscriber = make_client(self.options.url, None, self.timeout)
+        self.link.swap(grace, self.timeout)
         self._restart_listener()
-        task = self._loop.create_task(self._retire(old, grace * 2 + 0.1))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _retire(self, clients: tuple[Any, ...], after: float) -> None:
-        try:
-            await asyncio.sleep(after)
-        finally:
-            for client in clients:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
 
     async def _main(self) -> None:
         self._restart_listener()
+        try:
+            await self.link.ready()
+        except Exception as exc:
+            self.fail(exc)
         last = 0.0
         try:
             while not self._closing:
@@ -337,13 +339,10 @@ class RedisBackend:
                 await self._tick()
             if not self._degraded:
                 await self._tick()  # the last batches
+                with contextlib.suppress(Exception):
+                    await self.fleet.leave()
         finally:
-            tasks = [*self._tasks, *([self._listener] if self._listener else [])]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._client.aclose()
-            await self.subscriber.aclose()
+            await self.link.shutdown(*([self._listener] if self._listener else []))
 
     async def _tick(self) -> None:
         if self._degraded and (time.monotonic() < self._retry_at or not await self._recover()):
@@ -353,23 +352,23 @@ class RedisBackend:
         if resync:
             self._resync_at = now + RESYNC_EVERY
         jobs: list[Coroutine[Any, Any, None]] = []
-        for breaker in list(self._breakers.values()):
+        for breaker in [b.store for b in list(self._breakers.values())]:
             if not breaker.remote:
                 jobs.append(self._apply(breaker, "sync", ()))
                 continue
             batch = breaker.take_batch()
             if batch is not None:
-                jobs.append(self._apply(breaker, "report", batch[1], seen=batch[0]))
+                seen, counts, serial = batch
+                jobs.append(self._apply(breaker, "report", counts, seen=seen, serial=serial))
             if resync:  # a full read (or a forced state renewed)
                 jobs.append(self._apply(breaker, "sync", ()))
         if jobs:
             await asyncio.gather(*jobs)
+        await self.fleet.tick(now)
 
     async def _recover(self) -> bool:
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._client.ping()
-                await self._client.script_load(LUA)
+            await self.link.reach(LUA)  # (a cluster or Sentinel: with fresh clients)
         except Exception as exc:
             self.fail(exc)
             self._retry_at = time.monotonic() + RECOVER_EVERY
@@ -384,44 +383,17 @@ class RedisBackend:
 
     async def _apply(
         self,
-        breaker: CachedBreaker,
+        breaker: RedisStore,
         op: str,
         args: tuple[Arg, ...],
         *,
         seen: int | None = None,
+        serial: int = 0,
     ) -> None:
         try:
-            reply = await self._op(breaker, op, args, seen)
+            reply = await breaker.run(op, args, seen)
         except Exception:
             if op == "report" and any(args):
                 self.dropped_batches += 1
             return
-        breaker.adopt(reply, sync=op == "sync" and not self._degraded)
-
-    async def _op(
-        self, breaker: CachedBreaker, op: str, args: tuple[Arg, ...], seen: int | None = None
-    ) -> Reply:
-        """One script call, never retried (a NOSCRIPT reply means it did not run: EVAL it).
-
-        One breaker's calls run one at a time, in order; ``sync`` (publish a force or a local
-        trip, else read) is decided when it runs, so it always carries the latest settings.
-        """
-        lock = self._op_locks.get(breaker.wire)
-        if lock is None:
-            lock = self._op_locks[breaker.wire] = asyncio.Lock()
-        async with lock:
-            if op == "sync":
-                op, args = breaker.reconverge_op()
-            head: tuple[Arg, ...] = (op, self.channel, breaker.wire)
-            argv = (*head, breaker.rgen if seen is None else seen, *breaker.args, *args)
-            try:
-                async with asyncio.timeout(self.timeout):
-                    try:
-                        raw = await self._client.evalsha(LUA_SHA, 1, breaker.key, *argv)
-                    except NoScriptError:
-                        raw = await self._client.eval(LUA, 1, breaker.key, *argv)
-            except Exception as exc:
-                self.fail(exc)
-                raise
-        self._connected = True
-        return Reply.parse(raw)
+        breaker.adopt(reply, sync=op == "sync" and not self._degraded, serial=serial)

@@ -42,6 +42,7 @@ async def listen(backend: RedisBackend) -> None:
             raise
         except Exception as exc:
             backend.fail(exc)
+            backend.rotate_subscriber()
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
@@ -51,6 +52,6 @@ async def listen(backend: RedisBackend) -> None:
 def _apply(backend: RedisBackend, data: str) -> None:
     parsed = parse_message(data)
     if parsed is not None:
-        breaker = backend.breaker(parsed[0])
-        if breaker is not None:
-            breaker.adopt(parsed[1], message=True)
+        store = backend.store(parsed[0])
+        if store is not None:
+            store.adopt(parsed[1], message=True)

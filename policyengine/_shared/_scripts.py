@@ -9,13 +9,14 @@ Each call of the script is one atomic step on one breaker's hash (``{prefix}:bre
 - ``done``: a probe's outcome (``ok`` / ``fail`` / ``release``); closes or re-opens the breaker.
 - ``open``: publish a breaker that opened locally while the store was unreachable (a breaker that
   is already open or forced in Redis keeps its state: Redis wins).
-- ``force``: an operator override from the file (``open`` / ``closed`` / ``none`` to remove).
-  Processes whose file says `force` renew it on every resync; one nobody renews lapses
-  (``force_expired``), so a force removed from the files never lingers in Redis.
+- ``force``: an operator override from the file or from ``policyengine force`` (``open`` /
+  ``closed`` / ``none`` to remove), lapsing after the ttl given. Processes whose file says `force`
+  renew it on every resync; one nobody renews lapses (``force_expired``), so a force removed from
+  the files never lingers in Redis. Replies carry the time left until a force lapses.
 
 Time is the server's ``TIME`` (milliseconds), so clock skew between hosts does not matter. Every
 transition bumps ``gen`` and is published on ``{prefix}:events`` as a tab-separated line
-``name, state, gen, remaining_ms, reopens, reason, epoch``. A key is created with
+``name, state, gen, remaining_ms, reopens, reason, epoch, force_left_ms``. A key is created with
 ``gen = epoch = now``: a reply or message of an older generation of the same epoch is stale, one of
 another epoch (the key was recreated after a restart, a failover or an expiry) starts afresh.
 
@@ -35,7 +36,7 @@ from urllib.parse import quote
 
 from .._models import BreakerOptions
 
-__all__ = ["LUA", "LUA_SHA", "Arg", "breaker_key", "config_args", "wire_name"]
+__all__ = ["LUA", "LUA_SHA", "NEUTRAL_ARGS", "Arg", "breaker_key", "config_args", "wire_name"]
 
 Arg = str | int | float  # what a script argument may be
 
@@ -216,13 +217,17 @@ local life = ttl + remaining
 if st == 'half_open' then life = life + lease_ms end
 redis.call('PEXPIRE', key, math.floor(life))
 if calls == 0 and wkind ~= 'none' then totals() end
+local fleft = 0
+if h.fexp ~= nil and (st == 'forced_open' or st == 'forced_closed') then
+  fleft = math.max(num('fexp') - now, 0)
+end
 if moved then
   redis.call('PUBLISH', channel, table.concat(
     {name, st, string.format('%d', gen), string.format('%d', remaining), num('reopens'), moved,
-     h.ep}, '\t'))
+     h.ep, string.format('%d', fleft)}, '\t'))
 end
 return {st, string.format('%d', gen), remaining, num('reopens'), lease, wait,
-        num('consec'), calls, fails, slows, moved or '', h.ep}
+        num('consec'), calls, fails, slows, moved or '', h.ep, fleft}
 """
 
 LUA_SHA = hashlib.sha1(LUA.encode()).hexdigest()
@@ -265,3 +270,8 @@ def config_args(o: BreakerOptions) -> tuple[Arg, ...]:
         max_wait or open_ms,
         IDLE_TTL_MS,
     )
+
+
+# The rules a caller without a policy passes (``policyengine force``): no rule judges anything, an
+# expired lease is only freed (no hung-probe re-open), so only the operation itself acts.
+NEUTRAL_ARGS: tuple[Arg, ...] = (0, -1, -1, 0, "none", 0, 1, 1.0, 1, 1, 0, 1, IDLE_TTL_MS)

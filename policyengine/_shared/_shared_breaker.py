@@ -1,122 +1,58 @@
-"""A breaker whose state lives in Redis, decided locally from a cached copy (`CachedBreaker`).
+"""A breaker whose state lives in Redis: the plain state machine with a `RedisStore`.
 
-In shared mode the closed outcomes only bump a few counters (the batch the backend reports: the
-trip rules are judged in Redis on the whole fleet's counts, never locally), and a failure asks
-the backend to flush at once. A half-open probe needs a local permit *and* a lease from Redis:
-one round trip, at most ``[state] timeout``, done inline because half-open is rare; a denial is
-remembered for `DENY_CACHE` seconds, or until the next transition arrives. A probe's outcome, or
-its release when cancelled or ignored, is sent without waiting. Outside shared mode (degraded,
-not yet connected, closed) every method is the plain `Breaker`'s.
+Nothing of the machine is overridden: the store's hooks (`_outcomes.OutcomeStore`) batch the
+closed outcomes, ask for probe leases and follow the state Redis returns (see `_store`). This
+class only wires the two together, so that ``isinstance(b, SharedBreaker)`` says "shared".
 """
 
 from __future__ import annotations
 
-from .._breaker import _NAMES
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .._breaker import Breaker
+from .._clock import Clock
 from .._events import Event
-from ._cached_breaker import CachedBreaker
+from .._models import BreakerOptions
+from .._outcomes import LocalCounts
+from ._store import RedisStore
+
+if TYPE_CHECKING:
+    from ._backend import RedisBackend
 
 __all__ = ["SharedBreaker"]
 
-DENY_CACHE = 0.05  # a denied probe lease is not asked for again this soon (unless state moves)
 
-
-class SharedBreaker(CachedBreaker):
+class SharedBreaker(Breaker):
     """One policy's breaker, shared through a `RedisBackend`. See the module docstring."""
 
-    __slots__ = ()
+    __slots__ = ("store",)
 
-    # -- outcomes ------------------------------------------------------------------------------
+    def __init__(
+        self,
+        name: str,
+        options: BreakerOptions,
+        clock: Clock,
+        emit: Callable[[Event], None],
+        backend: RedisBackend,
+        prefix: str,
+        *,
+        observe: bool = False,
+    ) -> None:
+        self.store = RedisStore(name, LocalCounts(options, clock.now), backend, prefix)
+        super().__init__(name, options, clock, emit, observe=observe, store=self.store)
+        self.store.bind(self)
 
-    def on_success(self, permit: int, duration: float) -> None:
-        if permit != self._closed_permit or not self.remote:
-            return super().on_success(permit, duration)  # probes, and the local fallback
-        slow = duration >= self._slow_after
-        with self._lock:  # the hot path: a few counters, no I/O
-            if permit == self._closed_permit:
-                ok = self._ok
-                if not ok:
-                    if not self._bad:
-                        self._bgen = self.rgen
-                    self._lead = self._tail
-                self._ok = ok + 1
-                self._tail = self._consecutive = 0  # local counts stay warm for a fallback
-                if slow:
-                    self._slow_n += 1
-                window = self._window
-                if window is not None:
-                    window.record(False, slow)
+    @property
+    def _backend(self) -> RedisBackend:  # (read by the engine: which store keeps the state)
+        return self.store.backend
 
-    def on_release(self, permit: int) -> None:
-        if permit > 0 and permit & 1:
-            self._probe_done(permit, "release", False)
-        super().on_release(permit)
+    @property
+    def remote(self) -> bool:
+        """True while the state is Redis' (False: not yet connected, degraded or detached)."""
+        return self.store.remote
 
-    def _success(self, permit: int, slow: bool) -> Event | None:
-        if permit != self._closed_permit and permit > 0 and permit & 1:
-            self._probe_done(permit, "ok", slow)
-        return super()._success(permit, slow)
-
-    def _failure(self, permit: int, slow: bool) -> Event | None:
-        if permit != self._closed_permit:
-            if permit > 0 and permit & 1:
-                self._probe_done(permit, "fail", slow)
-            return super()._failure(permit, slow)
-        if not self.remote:
-            return super()._failure(permit, slow)
-        with self._lock:
-            if permit != self._closed_permit:
-                return None
-            self._consecutive += 1
-            if self._window is not None:
-                self._window.record(True, slow)
-            if not (self._ok or self._bad):
-                self._bgen = self.rgen
-            self._bad += 1
-            self._slow_n += slow
-            self._tail += 1
-            self._run = max(self._run, self._tail)
-            wake, self._woken = not self._woken, True
-        if wake:
-            self._backend.wake()  # a failure may trip: report it now, not in 50 ms
-        return None
-
-    def _probe_done(self, permit: int, outcome: str, slow: bool) -> None:
-        lease = self._leases.pop(permit >> 1, None)
-        if lease is not None and self.remote:
-            self._backend.submit(self, "done", (lease, outcome, int(slow)))
-
-    # -- admission: a local probe permit needs a lease -----------------------------------------
-
-    def _acquire_slow(self) -> int:
-        permit = super()._acquire_slow()
-        if permit <= 0 or not permit & 1 or not self.remote:
-            return permit
-        probe = permit >> 1
-        now = self._now()
-        if now < self._deny_until:
-            return self._unprobe(probe, self._deny_until - now)
-        reply = self._backend.lease(self)
-        if reply is None:  # the store failed: decide as on_error says
-            with self._lock:
-                kept = probe in self._probes
-            return permit if kept else self.acquire()
-        self.adopt(reply)
-        if reply.lease:
-            with self._lock:
-                if probe in self._probes:
-                    self._leases[probe] = reply.lease
-                    return permit
-            self._backend.submit(self, "done", (reply.lease, "release", 0))
-        else:
-            self._deny_until = now + DENY_CACHE
-        closed = self._closed_permit
-        if closed >= 0:  # the others closed it meanwhile: an ordinary call
-            return closed
-        waits = {"open": reply.remaining, "forced_open": self._open_duration}
-        wait = waits.get(reply.state, reply.wait)
-        return self._unprobe(probe, wait)
-
-    def _unprobe(self, probe: int, wait: float) -> int:
-        with self._lock:
-            self._probes.pop(probe, None)
-        return self._reject(max(wait, 0.0), _NAMES[self._state])
+    @property
+    def degraded(self) -> bool:
+        """True from a store failure until this breaker has reconverged with Redis."""
+        return self.store.degraded

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
-__all__ = ["Reply", "make_client", "parse_message", "redact"]
+__all__ = ["Reply", "parse_message"]
 
 
 class Reply(NamedTuple):
@@ -27,46 +22,28 @@ class Reply(NamedTuple):
     slow: int
     reason: str  # why the state moved, or ""
     epoch: int  # when the key was created: generations compare within one epoch only
+    force_left: float = 0.0  # seconds until a forced state lapses (0: none, or not said)
 
     @classmethod
     def parse(cls, raw: list[Any]) -> Reply:
         st, gen, left, reopens, lease, wait, consec, calls, fails, slow, why, ep = raw[:12]
+        fleft = int(raw[12]) / 1000 if len(raw) > 12 else 0.0
         return cls(
             str(st), int(gen), int(left) / 1000, int(reopens), int(lease), int(wait) / 1000,
-            int(consec), int(calls), int(fails), int(slow), str(why), int(ep),
+            int(consec), int(calls), int(fails), int(slow), str(why), int(ep), fleft,
         )  # fmt: skip
 
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def make_client(url: str, timeout: float | None, connect_timeout: float) -> aredis.Redis:
-    """A client with explicit timeouts and no retries: a failed command is never re-sent."""
-    return aredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        retry_on_error=[],
-        health_check_interval=0,
-        decode_responses=True,
-        protocol=2,
-    )
-
-
 def parse_message(data: str) -> tuple[str, Reply] | None:
-    """A published transition: ``name, state, gen, remaining_ms, reopens, reason, epoch``."""
+    """A published transition: ``name, state, gen, remaining_ms, reopens, reason, epoch`` and,
+    from the breaker script, ``force_left_ms``."""
     parts = data.split("\t")
-    if len(parts) != 7:
+    if len(parts) not in (7, 8):
         return None
-    name, state, gen, left, reopens, reason, epoch = parts
+    name, state, gen, left, reopens, reason, epoch = parts[:7]
+    fleft = int(parts[7]) / 1000 if len(parts) == 8 else 0.0
     reply = Reply(
-        state, int(gen), int(left) / 1000, int(reopens), 0, 0.0, 0, 0, 0, 0, reason, int(epoch)
-    )
+        state, int(gen), int(left) / 1000, int(reopens), 0, 0.0, 0, 0, 0, 0, reason, int(epoch),
+        fleft,
+    )  # fmt: skip
     return name, reply
