@@ -14,6 +14,7 @@ from pathlib import Path
 import policyengine
 
 PACKAGE = Path(policyengine.__file__).parent
+MAX_LINES = 400
 
 PUBLIC = [
     "BulkheadFullError",
@@ -117,6 +118,15 @@ def test_no_import_circles_inside_the_package() -> None:
         if name not in state:
             walk(name)
     assert circles == [], "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
 
 
 def test_the_public_api_is_pinned() -> None:
