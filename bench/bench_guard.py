@@ -157,7 +157,7 @@ def peers() -> dict[str, Body]:
 
 async def rejection_us(
     engine: policyengine.Engine, n: int, repeats: int
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
     tripped = engine.guard("tripped")
     try:
         await tripped.call(_fail)
@@ -168,6 +168,14 @@ async def rejection_us(
     async def rejected() -> None:
         try:
             await tripped.call(ok)
+        except CircuitOpenError:
+            pass
+
+    compiled = engine.guards["tripped"]
+
+    async def rejected_by_guard() -> None:
+        try:
+            await compiled.call(ok)
         except CircuitOpenError:
             pass
 
@@ -201,6 +209,7 @@ async def rejection_us(
         await per_call_us(awaited_raise, n, repeats),
         await per_call_us(awaited_refusal, n, repeats),
         await per_call_us(rejected, n, repeats),
+        await per_call_us(rejected_by_guard, n, repeats),
     )
 
 
@@ -260,8 +269,10 @@ async def main(quick: bool) -> None:
         print(
             f"\npyresilience / full guard: {rows['pyresilience retry+breaker+timeout'] / full:.2f}x"
         )
-    raise_us, awaited_us, refusal_us, reject_us = await rejection_us(engine, n, repeats)
-    print(f"open rejection {reject_us:.2f} us, against:")
+    raise_us, awaited_us, refusal_us, reject_us, guard_us = await rejection_us(engine, n, repeats)
+    print(f"open rejection {reject_us:.2f} us through the handle, {guard_us:.2f} us through")
+    print(f"Guard.call ({guard_us / refusal_us:.2f}x a coroutine raising CircuitOpenError);")
+    print("the handle's, against:")
     for label, us in (
         ("raise+catch in a coroutine", raise_us),
         ("a coroutine raising ValueError", awaited_us),

@@ -9,11 +9,18 @@ file that is validated, compiled into guards, and reloaded live without losing b
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from ._clock import Clock, MonotonicClock
 from ._default import default_engine, guard, load, loads, set_default_engine
 from ._engine import Engine
 from ._events import Event, log_listener
+from ._guard import Guard
 from ._handle import GuardHandle
+from ._keyed_handle import KeyedHandle
+from ._loader import PolicySet
+from ._snapshot import GuardSnapshot
 from .exceptions import (
     BulkheadFullError,
     CircuitOpenError,
@@ -21,7 +28,9 @@ from .exceptions import (
     PolicyEngineError,
     PolicyIssue,
     PolicyValidationError,
+    RateLimitedError,
     RejectedError,
+    ThrottledError,
     UnknownGuardError,
 )
 
@@ -31,13 +40,19 @@ __all__ = [
     "Clock",
     "Engine",
     "Event",
+    "Guard",
     "GuardHandle",
+    "GuardSnapshot",
     "GuardTimeoutError",
+    "KeyedHandle",
     "MonotonicClock",
     "PolicyEngineError",
     "PolicyIssue",
+    "PolicySet",
     "PolicyValidationError",
+    "RateLimitedError",
     "RejectedError",
+    "ThrottledError",
     "UnknownGuardError",
     "default_engine",
     "guard",
@@ -48,3 +63,8 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+try:
+    __version__ = _version("resilience-policyengine")  # the distribution's name (see README)
+except PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"

@@ -210,6 +210,25 @@ class Bulkhead:
             if self._pool is not None and self._pool._max_workers < max_concurrent:
                 self._pool._max_workers = max_concurrent
 
+    def set_limit(self, max_concurrent: int) -> None:
+        """A new limit (an adaptive bulkhead's algorithm moved it): growing hands free slots to
+        the oldest waiters at once; shrinking admits nobody until enough calls ended."""
+        with self._lock:
+            self.max_concurrent = max_concurrent
+            while self._waiters and self.active < max_concurrent:
+                waiter = self._waiters.popleft()
+                if waiter.state == _WAITING:
+                    waiter.state = _GRANTED
+                    self.active += 1
+                    waiter.wake()
+
+    def switch_kind(self, kind: str) -> None:
+        """A reload changed `kind` (the same object, so the slots held stay counted); a pool no
+        longer needed is shut down without waiting: its threads end once their calls finish."""
+        self.kind = kind
+        if kind != "threads":
+            self.close()
+
     def _after_fork(self) -> bool:
         """In a forked child (see `_fork`): a fresh lock, no waiters (their threads and loops
         are the parent's), and no pool: the inherited one counts workers that do not exist here,

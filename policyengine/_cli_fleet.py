@@ -23,13 +23,13 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["add_parser", "register"]
 
 DEFAULT_FOR = 600.0
 
 
-def register(sub: Any) -> None:
-    """Add the two commands to `policyengine`'s subparsers."""
+def add_parser(sub: Any) -> None:
+    """Add the two commands to `policyengine`'s subparsers (see `_cli.COMMAND_MODULES`)."""
     p = sub.add_parser("force", help="force a shared guard open or closed across the fleet")
     p.add_argument("guard", metavar="GUARD")
     p.add_argument("mode", choices=("open", "closed", "clear"), metavar="MODE")
@@ -157,3 +157,6 @@ def render(view: dict[str, Any]) -> str:
         seen = ", ".join(f"{s} x{n}" for s, n in sorted(entry["processes"].items()))
         lines.append(f"  {name}: store {entry['store']}; processes {seen}")
     return "\n".join(lines) + "\n"
+
+
+register = add_parser  # the name this module had first

@@ -1,11 +1,17 @@
 """The default engine behind the module-level `guard()`, and `load` / `loads`.
 
 Without an explicit `load`, the first use of `guard(name)` loads `$POLICYENGINE_FILE`, else
-`policies/policies.toml` (relative to the working directory).
+`policies/policies.toml` (relative to the working directory; see `_source.default_path`).
+
+An engine made while an asyncio loop runs in this thread (`load()` / `loads()` called from a
+coroutine, or the lazy load at the first `guard(name)` call inside one) is bound to that loop: its
+watcher and its reloads run on the loop (see `_onloop`). Otherwise it watches from a thread until
+`engine.bind(loop)` is called.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from pathlib import Path
@@ -13,16 +19,42 @@ from typing import Any
 
 from ._clock import Clock
 from ._engine import Engine
+from ._fork import register
 from ._handle import GuardHandle
-from ._loader import load_path, load_text
+from ._source import DEFAULT_FILE, FileSource, TextSource, default_path
 
-__all__ = ["default_engine", "guard", "load", "loads", "set_default_engine"]
+__all__ = [
+    "DEFAULT_FILE",
+    "default_engine",
+    "guard",
+    "load",
+    "loads",
+    "replace_default_engine",
+    "set_default_engine",
+]
 
-DEFAULT_FILE = "policies/policies.toml"
-
-_lock = threading.Lock()
 _default: Engine | None = None
 _handles: dict[str, GuardHandle] = {}
+
+
+class _Slot:
+    """The lock that makes the lazy first load happen once; renewed in a forked child."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+_slot = _Slot()
+register(_slot)
+
+
+def _bind_if_in_loop(engine: Engine) -> None:
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        engine.bind(loop)
 
 
 def load(
@@ -38,9 +70,10 @@ def load(
 
     Raises PolicyValidationError listing every problem. Becomes the default engine for
     `guard()` unless `default=False`. `watch_options` go to the watcher (e.g. `force_polling`).
+    Called inside a running asyncio loop, the engine is bound to it (watched on the loop).
     """
-    engine = Engine(load_path(path, strict=strict), clock=clock, path=Path(path))
-    engine.strict = strict
+    engine = Engine(FileSource(Path(path), strict), clock=clock)
+    _bind_if_in_loop(engine)
     if watch:
         engine.watch(**watch_options)
     if default:
@@ -57,7 +90,8 @@ def loads(
     strict: bool = False,
 ) -> Engine:
     """Like `load`, from a TOML string (no watching)."""
-    engine = Engine(load_text(text, source, strict=strict), clock=clock)
+    engine = Engine(TextSource(text, source, strict), clock=clock)
+    _bind_if_in_loop(engine)
     if default:
         set_default_engine(engine)
     return engine
@@ -65,21 +99,27 @@ def loads(
 
 def set_default_engine(engine: Engine | None) -> None:
     """Make `engine` the one behind `guard(name)` (None: load lazily again at next use)."""
+    replace_default_engine(engine)
+
+
+def replace_default_engine(engine: Engine | None) -> Engine | None:
+    """Make `engine` the default one; returns the one it replaces (None: none was loaded)."""
     global _default
-    with _lock:
-        _default = engine
+    with _slot.lock:
+        previous, _default = _default, engine
+    return previous
 
 
 def default_engine() -> Engine:
     """The default engine, loading the default file on first use."""
+    global _default
     engine = _default
     if engine is not None:
         return engine
-    with _lock:
+    with _slot.lock:
         if _default is None:
-            path = os.environ.get("POLICYENGINE_FILE") or DEFAULT_FILE
-            globals()["_default"] = Engine(load_path(path), path=Path(path))
-        assert _default is not None
+            _default = Engine(FileSource(default_path()))
+            _bind_if_in_loop(_default)
         return _default
 
 

@@ -1,88 +1,124 @@
-"""Engine: the registry of guards compiled from one set of policy files, and its reloads.
+"""Engine: the registry of guards compiled from one policy source, and its lifecycle.
 
 The guards in force live in one dict that is replaced whole (never mutated) on reload, so a call
 sees either the old set or the new one, never a mix. Handles look their guard up by name at each
-call, so they stay valid across reloads. A reload that fails keeps everything as it was.
-
-`[state]` applies on reload too. Same store, url and prefix: the backend takes the new `on_error`
-and `timeout` in place (`RedisBackend.retune`; shared breakers keep their state). Otherwise the
-new backend is built aside, the guards are compiled against it (every `shared` breaker gets a new
-breaker from it: "new state backend"), both are swapped in together, and only then the old
-backend is closed: it flushes what it had batched and detaches its breakers, so calls in flight
-on the old guards finish on local state. A backend that cannot be built fails the reload.
+call, so they stay valid across reloads. How a reload is read, compiled aside and swapped in is
+`_reloads`; where the policies come from is `_source`; where reloads run (a thread, or the
+engine's asyncio loop) is `bind` and `_onloop`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import asyncio
 import logging
 import os
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ._clock import Clock, MonotonicClock
-from ._compile import compile_guards
-from ._events import Event, Listener, Listeners
-from ._fork import track
+from ._events import Listener, Listeners
+from ._fork import register
 from ._guard import Guard
 from ._handle import GuardHandle
-from ._loader import PolicySet, load_path, state_issue
-from ._models import StateOptions
-from .exceptions import PolicyIssue, PolicyValidationError, UnknownGuardError
+from ._loader import PolicySet
+from ._record import RecordOptions
+from ._recorder import Recording
+from ._reloads import Reloads
+from ._source import FileSource, FixedSource, PolicySource
+from ._staging import unknown_guard
 
 __all__ = ["Engine"]
 
 logger = logging.getLogger("policyengine")
 
 
-def _utcnow() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+class Engine(Reloads):
+    """Guards by name, compiled from validated policies; reloadable in place.
 
-
-def _elsewhere(guard: Guard, backend: Any) -> bool:
-    """True if `guard`'s breaker is `shared` but keeps its state elsewhere than `backend` (None:
-    memory): it was made before a reload that changed `[state]`, and must be made anew."""
-    options = guard.policy.breaker
-    if options is None or not options.shared or guard.breaker is None:
-        return False
-    return getattr(guard.breaker, "_backend", None) is not backend
-
-
-class Engine:
-    """Guards by name, compiled from validated policies; reloadable in place."""
+    `source` is where the policies come from (`_source`: a file, a string, a set with test
+    adjustments); it is read now and on every reload. A `PolicySet` is accepted too, with
+    reloads read from `path` if one is given.
+    """
 
     def __init__(
         self,
-        policy_set: PolicySet,
+        source: PolicySource | PolicySet,
         *,
         clock: Clock | None = None,
         path: str | Path | None = None,
     ) -> None:
+        if isinstance(source, PolicySet):
+            initial = source
+            allow = initial.allow_modules  # reloads validate as this set was
+            again = FileSource(Path(path), allow_modules=allow) if path is not None else None
+            source = FixedSource(initial, again)
+        else:
+            initial = source.read()
+        self.source: PolicySource = source
+        self.path = source.path
         self.clock: Clock = clock if clock is not None else MonotonicClock()
-        self.path = Path(path) if path is not None else None
         self.listeners = Listeners()
         self._guards: dict[str, Guard] = {}
         self._removed: dict[str, Guard] = {}
         self._handles: dict[str, GuardHandle] = {}
-        self._lock = threading.Lock()  # serialises reloads, never taken by a call
-        self._reload_lock = threading.RLock()  # one read-compare-apply at a time (watcher, user)
-        self.strict = False  # reloads validate as the first load did (`load(..., strict=True)`)
+        self._generation = 0  # commits so far; a reload compiled against an older one recompiles
+        self._lock = threading.Lock()  # serialises commits, never taken by a call
+        self._reload_lock = threading.RLock()  # one read-compare-apply at a time (thread path)
+        self._runner: Any = None  # an `_onloop.LoopRunner` once bound to a loop
         self._watcher: Any = None
+        self._watch_options: dict[str, Any] = {}
         self._closed = False
         self.reloads = 0
         self.failed_reloads = 0
         self._last_error: str | None = None
         self._changes: dict[str, str] = {}
-        self._policy_set = policy_set
+        self._policy_set = initial
+        self.recording = Recording(
+            self.clock, self.listeners
+        )  # [record] / record(): the trace writer in force
         # the [state] in force and its backend (None: memory); both replaced by a reload that
         # changes [state], under `_lock`, with the guards (see `apply`)
-        self._state_options = policy_set.state
-        self._state_backend = self._make_state_backend(policy_set.state)
-        self.apply(policy_set, initial=True)
-        track(self)  # repaired in a forked child (see `_fork`)
+        self._state_options = initial.state
+        self._state_backend = self._make_state_backend(initial.state)
+        self.apply(initial, initial=True)
+        register(self)  # repaired in a forked child (see `_fork`)
+
+    @property
+    def strict(self) -> bool:
+        """Whether reloads validate strictly (as `load(..., strict=True)` did)."""
+        return bool(getattr(self.source, "strict", False))
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this engine watches and reloads on (None: threads; see `bind`)."""
+        return None if self._runner is None else self._runner.loop
+
+    def bind(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Watch and reload on `loop` (default: the running loop) instead of a thread.
+
+        `load()` called inside a running loop binds to it; call this for an engine made
+        elsewhere (at import time, before `asyncio.run`). A thread watcher already running is
+        stopped and the watch moves to the loop. May be called from any thread.
+        """
+        from ._onloop import LoopRunner
+
+        loop = loop if loop is not None else asyncio.get_running_loop()
+        if self._runner is not None and self._runner.loop is loop:
+            return
+        self._runner = LoopRunner(self, loop)
+        watcher = self._watcher
+        if watcher is not None and not self._closed:
+            self._watcher = None
+            watcher.stop()
+            self.watch(**self._watch_options)
+
+    def record(self, path: str | os.PathLike[str] | None, sample: float = 1.0) -> None:
+        """Write a trace of every attempt (a `sample` share) to `path`, whatever the file's
+        `[record]` says, until the engine closes; None stops. See `_record`."""
+        options = None if path is None else RecordOptions(path=os.fspath(path), sample=sample)
+        self.recording.start(options, self._guards)
 
     # ------------------------------------------------------------ look-ups
     @property
@@ -101,20 +137,28 @@ class Engine:
         """A stable handle for policy `name`; UnknownGuardError if no such policy exists."""
         handle = self._handles.get(name)
         if handle is None:
-            if name not in self._guards and name not in self._removed:
-                raise UnknownGuardError(name, list(self._guards))
+            self._lookup(name)  # raises UnknownGuardError
             handle = self._handles.setdefault(name, GuardHandle(name, self))
         return handle
 
     def _lookup(self, name: str) -> Guard:
-        """The guard a call uses now (hot path: one dict look-up)."""
+        """The guard a call uses now (hot path: one dict look-up).
+
+        A reload replaces `_guards` and `_removed` one after the other (see `_commit`), so a
+        miss in both, read at two moments, is only believed if no commit happened meanwhile:
+        a policy re-added by a reload under way is found, never reported unknown.
+        """
         try:
             return self._guards[name]
         except KeyError:
-            removed = self._removed.get(name)
-            if removed is not None:
-                return removed
-            raise UnknownGuardError(name, list(self._guards)) from None
+            pass
+        while True:
+            generation = self._generation
+            guard = self._removed.get(name) or self._guards.get(name)
+            if guard is not None:
+                return guard
+            if generation == self._generation:
+                raise unknown_guard(name, self._guards) from None
 
     # ------------------------------------------------------------ listeners
     def add_listener(self, listener: Listener) -> None:
@@ -123,159 +167,6 @@ class Engine:
 
     def remove_listener(self, listener: Listener) -> None:
         self.listeners.remove(listener)
-
-    def _emit(self, event: Event) -> None:
-        self.listeners(event)
-
-    # -------------------------------------------------------------- reloads
-    def _make_state_backend(self, state: StateOptions) -> Any:
-        if state.backend == "memory":
-            return None
-        from ._shared import make_backend
-
-        return make_backend(state, self.clock, self._emit)
-
-    def _next_state(self, policy_set: PolicySet) -> tuple[Any, str | None]:
-        """The backend for `policy_set`'s `[state]` and how it differs from the one in force:
-        None (nothing that matters), "retuned" (the same backend, retuned at the swap) or "new
-        backend" (built here, not yet used). PolicyValidationError if it cannot be built."""
-        state, current = policy_set.state, self._state_options
-        backend = self._state_backend
-        if state == current or state.backend == current.backend == "memory":
-            return backend, None  # (a memory backend has no other setting)
-        if backend is not None and backend.same_store(state):
-            return backend, "retuned"
-        try:
-            return self._make_state_backend(state), "new backend"
-        except Exception as exc:
-            raise PolicyValidationError([state_issue(policy_set, exc)]) from exc
-
-    def apply(self, policy_set: PolicySet, *, initial: bool = False) -> dict[str, str]:
-        """Compile `policy_set` aside and swap it in; returns what happened to each policy.
-
-        A changed `[state]` is applied with it (see the module docstring). If its backend cannot
-        be built, PolicyValidationError is raised and nothing changes (`reload` reports it).
-        """
-        with self._lock:
-            before = self._describe_state()
-            backend, how = (self._state_backend, None) if initial else self._next_state(policy_set)
-            if how == "new backend" and self._closed and backend is not None:
-                backend.close()  # a closed engine starts nothing: its breakers stay local
-            kwargs = {} if backend is None else {"make_breaker": backend.breaker_factory}
-            # a removed policy that comes back carries over the state its handles kept using
-            carried = {**self._removed, **self._guards}
-            renew = {name for name, guard in carried.items() if _elsewhere(guard, backend)}
-            try:
-                compiled = compile_guards(
-                    policy_set.policies, carried, self.clock, self.listeners, renew=renew, **kwargs
-                )
-            except BaseException:
-                if how == "new backend" and backend is not None:
-                    backend.close()
-                raise
-            self.listeners.hold()  # a forced state's transition is told after the reload
-            try:
-                if how == "retuned":
-                    backend.retune(policy_set.state)  # degraded breakers move to the new on_error
-                for commit in compiled.commits:
-                    commit()
-            finally:
-                deferred = self.listeners.release()
-            removed = {n: g for n, g in self._guards.items() if n not in compiled.guards}
-            for name in compiled.guards:
-                self._removed.pop(name, None)
-            self._removed.update(removed)
-            retired = self._state_backend if how == "new backend" else None
-            self._guards = compiled.guards  # the one swap
-            self._state_backend, self._state_options = backend, policy_set.state
-            if backend is not None:  # (heartbeats say which policy version each process runs)
-                backend.fleet.version = policy_set.version
-            previous, self._policy_set = self._policy_set.version, policy_set
-            self._changes = dict(compiled.changes)
-            self._changes.update({n: "removed" for n in self._removed})
-            changes = dict(self._changes)
-            self._loaded_at = _utcnow()
-            self._last_error = None
-            if not initial:
-                self.reloads += 1
-        if not initial:
-            for name in removed:
-                self._emit(Event("policy_removed", name, {"note": "handles keep the last policy"}))
-            data = {"version": policy_set.version, "previous": previous, "changes": changes}
-            self._emit(Event("reload", "*", data))
-        if how is not None:
-            renewed = sorted(n for n, c in compiled.changes.items() if c == "new state backend")
-            data = {"from": before, "to": self._describe_state(), "how": how, "renewed": renewed}
-            self._emit(Event("state_backend_changed", "*", data))
-        for event in deferred:
-            self._emit(event)
-        if retired is not None:
-            retired.close()  # flushes its batches; its breakers (calls in flight) go local
-        return compiled.changes
-
-    def _describe_state(self) -> dict[str, Any]:
-        """The `[state]` in force, as `status()["state"]` names it (the url redacted)."""
-        backend = self._state_backend
-        if backend is None:
-            return {"backend": "memory"}
-        status: dict[str, Any] = backend.status()
-        return {k: status[k] for k in ("backend", "url", "prefix", "on_error", "timeout")}
-
-    def reload(self, *, settle: float = 0.0) -> bool:
-        """Re-read the files this engine was loaded from. True if a new set was applied.
-
-        A file that fails to read or validate keeps the policies in force: the error goes to
-        `status()["last_error"]`, a `reload_failed` event and the log, once (the same error
-        again, as from a file that stays deleted, is not reported again). Content equal to the
-        policies in force changes nothing; if a failure was reported meanwhile, it is cleared
-        (a `reload` event with every policy "unchanged" says so).
-
-        `settle` (seconds, for watchers): when the files look caught in the middle of a save
-        (invalid, or suddenly without any policy), wait that long and read them again before
-        judging, so a slow writer does not raise a false alarm.
-        """
-        with self._reload_lock:
-            result = self._read()
-            if settle > 0 and self._looks_torn(result):
-                time.sleep(settle)
-                result = self._read()
-            if isinstance(result, PolicyValidationError):
-                self._fail(result)
-                return False
-            if result.version == self._policy_set.version and self._last_error is None:
-                return False
-            try:
-                self.apply(result)  # also clears last_error when the files are back to the policy
-            except PolicyValidationError as exc:  # a [state] whose backend cannot be built
-                self._fail(exc)
-                return False
-            return True
-
-    def _read(self) -> PolicySet | PolicyValidationError:
-        if self.path is None:
-            raise RuntimeError("this engine was not loaded from a path; use apply()")
-        try:
-            return load_path(self.path, strict=self.strict)
-        except PolicyValidationError as exc:
-            return exc
-        except (OSError, UnicodeDecodeError) as exc:  # the loader reports these; belt and braces
-            return PolicyValidationError([PolicyIssue(str(self.path), None, "", str(exc))])
-
-    def _looks_torn(self, result: PolicySet | PolicyValidationError) -> bool:
-        if isinstance(result, PolicyValidationError):
-            return str(result) != self._last_error  # an error reported already needs no wait
-        return not result.policies and bool(self._guards)
-
-    def _fail(self, exc: PolicyValidationError) -> None:
-        error = str(exc)
-        with self._lock:
-            if error == self._last_error:
-                return  # reported already: no error loop while a file stays bad or missing
-            self.failed_reloads += 1
-            self._last_error = error
-            version = self._policy_set.version
-        data = {"error": error, "issues": [e.as_dict() for e in exc.errors], "version": version}
-        self._emit(Event("reload_failed", "*", data))
 
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
@@ -293,26 +184,33 @@ class Engine:
             "policies": dict(self._changes),
             "removed": sorted(self._removed),
             "warnings": [str(w) for w in ps.warnings],
+            "record": self.recording.status(),
             "state": (
                 {"backend": "memory"}
                 if self._state_backend is None
                 else self._state_backend.status()
             ),
-            # kept for compatibility: a reload applies [state] now, so nothing waits for a restart
-            "state_pending_restart": False,
         }
 
     # ------------------------------------------------------------ lifecycle
     def watch(self, **options: Any) -> None:
-        """Start watching the source files (see `_watcher.Watcher`)."""
+        """Start watching the source files: on the loop if bound (`_loopwatch.LoopWatcher`),
+        else from a thread (`_watcher.Watcher`); the options are the same for both."""
         if self.path is None:
             raise RuntimeError("only an engine loaded from a path can watch it")
         if self._closed:
             raise RuntimeError("this engine is closed")
         if self._watcher is None:
-            from ._watcher import Watcher
+            self._watch_options = dict(options)
+            runner = self._runner
+            if runner is not None and not runner.loop.is_closed():
+                from ._loopwatch import LoopWatcher
 
-            self._watcher = Watcher(self, self.path, **options)
+                self._watcher = LoopWatcher(self, self.path, runner, **options)
+            else:
+                from ._watcher import Watcher
+
+                self._watcher = Watcher(self, self.path, **options)
             self._watcher.start()
 
     def close(self) -> None:
@@ -326,35 +224,37 @@ class Engine:
                 guard.bulkhead.close()
         if self._state_backend is not None:
             self._state_backend.close()
+        self.recording.close()
 
     def _after_fork(self) -> None:
         """In a child just forked (see `_fork`): make this engine work without the parent's
         threads. Locks first (a thread of the parent may have held one), then the state backend,
-        then the watcher, whose first look reloads through both. A closed engine stays closed."""
+        then the watcher, whose first look reloads through both: a watcher that ran on the
+        parent's event loop goes on in a thread (that loop is not this process's; `bind` moves
+        it to the child's loop). A closed engine stays closed."""
         self._lock = threading.Lock()
         self._reload_lock = threading.RLock()
+        self._runner = None
         self.listeners.release()  # a hold taken mid-reload by a thread the child does not have
-        done: set[int] = set()
-        parts: list[Any] = []
-        pools = 0
-        backend = self._state_backend
-        breakers = [] if backend is None else backend.shared_breakers()
-        for guard in (*self._guards.values(), *self._removed.values()):
-            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard._budget)
-        for part in (*parts, *breakers):
-            if part is None or id(part) in done:
-                continue
-            done.add(id(part))
-            if part._after_fork():  # only a bulkhead says True: it dropped its thread pool
-                pools += 1
+        pools = self._repair_parts()
         restarted: list[str] = []
+        backend = self._state_backend
         if backend is not None and backend._after_fork():
             restarted.append("the Redis state backend (new loop, thread and connections)")
         watcher = self._watcher
-        if watcher is not None and not self._closed and watcher._after_fork():
-            restarted.append(f"the watcher of {watcher.path}")
+        if watcher is not None and not self._closed:
+            if watcher.on_loop:
+                watcher._after_fork()  # abandons what it shares with the parent
+                self._watcher = None
+                self.watch(**self._watch_options)
+                restarted.append(f"the watcher of {watcher.path}, in a thread")
+            elif watcher._after_fork():
+                restarted.append(f"the watcher of {watcher.path}")
         if pools:
             restarted.append(f"{pools} thread pool(s), started again at their next call")
+        writer = self.recording.writer
+        if writer is not None and not self._closed and writer._after_fork():
+            restarted.append(f"the trace writer of {writer.path}")
         logger.log(
             logging.DEBUG if self._closed else logging.INFO,
             "policyengine: forked process %d (parent %d): %s; locks renewed",
@@ -362,6 +262,25 @@ class Engine:
             os.getppid(),
             "restarted " + ", ".join(restarted) if restarted else "nothing to restart",
         )
+
+    def _repair_parts(self) -> int:
+        """Each guard part's own `_after_fork` (the `_fork` protocol), once per part; returns
+        how many thread pools were dropped."""
+        done: set[int] = set()
+        parts: list[Any] = []
+        pools = 0
+        backend = self._state_backend
+        breakers = [] if backend is None else backend.shared_breakers()
+        for guard in (*self._guards.values(), *self._removed.values()):
+            parts += (guard.metrics, guard.breaker, guard.bulkhead, guard.budget, guard.hedge)
+            parts += [x for x in guard.layers if hasattr(x, "_after_fork")]
+        for part in (*parts, *breakers):
+            if part is None or id(part) in done:
+                continue
+            done.add(id(part))
+            if part._after_fork():  # only a bulkhead says True: it dropped its thread pool
+                pools += 1
+        return pools
 
     def __enter__(self) -> Engine:
         return self

@@ -2,11 +2,14 @@
 
 Event names: ``state_change``, ``rejected``, ``retry``, ``timeout``, ``fallback``,
 ``budget_exhausted``, ``would_reject``, ``would_retry`` and ``would_timeout`` (observe mode),
+``hedge`` (an extra attempt started: data ``attempt``, ``delay``),
 ``reload``, ``reload_failed``, ``policy_removed``, ``state_backend_changed`` (INFO: a reload
 applied a new ``[state]``; data ``from``/``to`` as ``status()["state"]`` says, url redacted,
 ``how`` ``"retuned"`` or ``"new backend"``, ``renewed`` the policies given a new shared breaker),
 and, with a Redis ``[state]``, ``store_degraded`` (WARNING: the store failed; shared breakers
-fall back to ``on_error``) and ``store_recovered`` (INFO).
+fall back to ``on_error``) and ``store_recovered`` (INFO); ``rate_limit_paused`` (a 429/503 with
+Retry-After paused a rate limit: ``seconds``, ``key``), ``throttling`` and ``throttling_stopped``
+(adaptive throttling started or stopped shedding: ``requests``, ``accepts``, ``probability``).
 
 `log_listener` logs to the ``policyengine`` logger:
 
@@ -33,25 +36,156 @@ engine), ``event``, ``reason`` (why, or None), ``event_data`` (the event's whole
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
-__all__ = ["Event", "Listener", "Listeners", "log_listener"]
+__all__ = [
+    "EVENT_NAMES",
+    "BudgetExhausted",
+    "Event",
+    "EventName",
+    "FallbackUsed",
+    "Listener",
+    "Listeners",
+    "Payload",
+    "Rejected",
+    "RetryScheduled",
+    "TimedOut",
+    "WouldReject",
+    "WouldRetry",
+    "WouldTimeout",
+    "log_listener",
+]
 
 logger = logging.getLogger("policyengine")
+
+EventName = Literal[
+    "state_change", "rejected", "retry", "timeout", "fallback", "budget_exhausted",
+    "would_reject", "would_retry", "would_timeout", "hedge", "injected",
+    "reload", "reload_failed", "policy_removed", "state_backend_changed",
+    "store_degraded", "store_recovered", "fallback_unusable",
+    "rate_limit_paused", "throttling", "throttling_stopped", "would_trip",
+]  # fmt: skip
+EVENT_NAMES: frozenset[str] = frozenset(get_args(EventName))
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something a guard did: `name` is one of the module's event names, `guard` the policy."""
+    """Something a guard or engine did, as a listener receives it.
+
+    `name` is one of `EventName`; `guard` the policy's name (``"*"`` for the engine); `data` the
+    details as a plain dict (what the log listener and JSON formatters read). `detail` gives the
+    per-call events' details as a typed, frozen dataclass (`Rejected`, `RetryScheduled`, ...).
+    """
 
     name: str
     guard: str
     data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, guard: str, payload: Payload) -> Event:
+        """The event of a typed payload: `Event.of("api", Rejected("circuit_open"))`."""
+        data = {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)}
+        return cls(payload.name, guard, data)
+
+    @property
+    def detail(self) -> Payload | None:
+        """The typed details of a per-call event (None for the engine's events)."""
+        kind = _PAYLOADS.get(self.name)
+        if kind is None:
+            return None
+        names = {f.name for f in dataclasses.fields(kind)}
+        return kind(**{k: v for k, v in self.data.items() if k in names})
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A call or retry refused: `reason` is a key of `metrics()["rejections"]`."""
+
+    reason: str
+    name: ClassVar[EventName] = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    """Attempt `attempt` failed with `error` (a type name); the next starts after `delay` s."""
+
+    attempt: int
+    delay: float
+    error: str
+    name: ClassVar[EventName] = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """Attempt `attempt` ran past the `kind` ("total" or "attempt") deadline."""
+
+    kind: str
+    attempt: int
+    name: ClassVar[EventName] = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackUsed:
+    """The fallback served instead of raising `error` (a type name)."""
+
+    error: str
+    name: ClassVar[EventName] = "fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetExhausted:
+    """The retry budget refused the retry after attempt `attempt`."""
+
+    attempt: int
+    name: ClassVar[EventName] = "budget_exhausted"
+
+
+@dataclass(frozen=True, slots=True)
+class WouldReject:
+    """Observe mode: enforcement would have refused this call, for `reason`."""
+
+    reason: str
+    name: ClassVar[EventName] = "would_reject"
+
+
+@dataclass(frozen=True, slots=True)
+class WouldTimeout:
+    """Observe mode: the call took `elapsed` s, past the `limit` enforcement would apply."""
+
+    elapsed: float
+    limit: float
+    name: ClassVar[EventName] = "would_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class WouldRetry:
+    """Observe mode: enforcement would have retried after `error` (a type name)."""
+
+    error: str
+    name: ClassVar[EventName] = "would_retry"
+
+
+Payload = (
+    Rejected
+    | RetryScheduled
+    | TimedOut
+    | FallbackUsed
+    | BudgetExhausted
+    | WouldReject
+    | WouldTimeout
+    | WouldRetry
+)
+_KINDS: tuple[type[Payload], ...] = (
+    Rejected, RetryScheduled, TimedOut, FallbackUsed, BudgetExhausted,
+    WouldReject, WouldTimeout, WouldRetry,
+)  # fmt: skip
+_PAYLOADS: dict[str, type[Payload]] = {kind.name: kind for kind in _KINDS}
 
 
 Listener = Callable[[Event], None]
@@ -66,11 +200,15 @@ _PER_CALL = frozenset(
         "would_reject",
         "would_retry",
         "would_timeout",
+        "hedge",
+        "injected",
+        "would_trip",
     }
 )
 _LEVELS = {
     "reload": logging.INFO,
     "reload_failed": logging.ERROR,
+    "fallback_unusable": logging.ERROR,
     "policy_removed": logging.WARNING,
     "state_backend_changed": logging.INFO,
 }
@@ -207,7 +345,14 @@ class Listeners:
         self.hot = True
 
     def remove(self, listener: Listener) -> None:
-        self._items = tuple(x for x in self._items if x is not listener)
+        """Remove `listener` (the first equal one: `obj.method` is a new bound method object at
+        each access, equal to, not identical with, the one that was added)."""
+        items = list(self._items)
+        for i, item in enumerate(items):
+            if item == listener:
+                del items[i]
+                break
+        self._items = tuple(items)
         self.hot = any(x is not log_listener for x in self._items)
 
     def hold(self) -> None:

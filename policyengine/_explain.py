@@ -13,6 +13,7 @@ from ._latency import retry_sleeps, show, worst_case
 from ._lines import KeyPath, dotted
 from ._loader import PolicySet
 from ._models import Policy
+from ._retry import DEFAULT_MAX_RETRY_AFTER
 
 __all__ = ["explain_text", "explain_toml", "toml_value"]
 
@@ -84,7 +85,11 @@ def _schedule(policy: Policy) -> list[str]:
     if retry.max_attempts - 1 > len(sleeps):
         out.append(f"  ... {retry.max_attempts - 1 - len(sleeps)} more retries")
     if retry.respect_retry_after:
-        cap_hint = show(retry.max_retry_after) if retry.max_retry_after is not None else "none"
+        cap_hint = (
+            show(retry.max_retry_after)
+            if retry.max_retry_after is not None
+            else f"{show(DEFAULT_MAX_RETRY_AFTER)}, the default"
+        )
         out.append(f"  a Retry-After hint may lengthen a sleep (cap {cap_hint}, and the deadline)")
     return out
 

@@ -1,7 +1,8 @@
 """Fallback: a value or a handler used instead of raising, for the failure kinds listed in `on`.
 
 Kinds: ``circuit_open`` (CircuitOpenError), ``bulkhead_full`` (BulkheadFullError), ``timeout``
-(GuardTimeoutError), ``retries_exhausted`` (the dependency's own error, when the retry policy
+(GuardTimeoutError), ``rate_limited`` (RateLimitedError), ``throttled`` (ThrottledError),
+``retries_exhausted`` (the dependency's own error, when the retry policy
 would have retried it but no attempt, time or budget was left). Errors the retry policy never
 retries (``never_retry``, or outside ``retry_on``) are business answers and are raised as they are.
 """
@@ -15,7 +16,13 @@ from typing import Any
 
 from ._imports import resolve_handler
 from ._models import FallbackOptions
-from .exceptions import BulkheadFullError, CircuitOpenError, GuardTimeoutError
+from .exceptions import (
+    BulkheadFullError,
+    CircuitOpenError,
+    GuardTimeoutError,
+    RateLimitedError,
+    ThrottledError,
+)
 
 __all__ = ["Fallback"]
 
@@ -41,6 +48,8 @@ class Fallback:
             kind = "bulkhead_full"
         elif isinstance(exc, GuardTimeoutError):
             kind = "timeout"
+        elif isinstance(exc, RateLimitedError | ThrottledError):
+            kind = exc.reason
         elif isinstance(exc, Exception) and retryable(exc):
             kind = "retries_exhausted"
         else:

@@ -5,13 +5,16 @@ Redis backend's loop, the workers of `kind = "threads"` pools; and a lock one of
 fork stays locked forever. That is how gunicorn ``--preload`` (and a `multiprocessing` "fork"
 start) runs an app whose module does ``engine = policyengine.load(..., watch=True)``.
 
-One ``after_in_child`` hook, registered once when this module is imported, walks the engines
-still alive (a `weakref.WeakSet`: an engine collected by the parent is not kept alive here) and
-calls `Engine._after_fork` on each, which in this order: replaces the locks its parts use (the
-engine's, each guard's breaker, metrics, bulkhead and retry budget) and drops the bulkhead queues
-and thread pools the child cannot use; rebuilds the state backend (new loop, thread, clients);
-restarts the watcher if it was running; then logs one INFO line. The default engine's lock is
-replaced here. Nothing runs on a guarded call: the whole cost is paid once per fork.
+The protocol: an object that must be repaired in a child has an `_after_fork()` method and
+registers itself with `register(obj)` (a `weakref.WeakSet`: an object collected by the parent is
+not kept alive here). One ``after_in_child`` hook, registered once when this module is imported,
+calls `_after_fork()` on each registered object; this module reaches into none of them. Engines
+register themselves (`Engine._after_fork`, in this order: replaces the locks its parts use, the
+engine's, each guard's breaker, metrics, bulkhead and retry budget, and drops the bulkhead queues
+and thread pools the child cannot use; rebuilds the state backend; restarts the watcher if it was
+running, as a thread if it ran on the parent's event loop; then logs one INFO line), and so does
+the default engine's slot in `_default` (its lock). Nothing runs on a guarded call: the whole cost
+is paid once per fork.
 
 What the child inherited from the parent's threads and shares with the parent at the OS level
 (an inotify instance, an epoll instance, Redis sockets) must never be closed or finalized in the
@@ -25,25 +28,29 @@ from __future__ import annotations
 import ctypes  # imported now: a forked child should not import (another thread's import lock)
 import logging
 import os
-import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ._engine import Engine
-
-__all__ = ["abandon", "track"]
+__all__ = ["AfterFork", "abandon", "register"]
 
 logger = logging.getLogger("policyengine")
 
-_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+class AfterFork(Protocol):
+    """Something a forked child must repair before use."""
+
+    def _after_fork(self) -> object: ...
+
+
+_registered: weakref.WeakSet[AfterFork] = weakref.WeakSet()
 _abandoned: list[Any] = []  # inherited objects that must outlive the child (see `abandon`)
 _pinned = False
 
 
-def track(engine: Engine) -> None:
-    """Have `engine` repaired in every child forked from now on (it is not kept alive)."""
-    _engines.add(engine)
+def register(obj: AfterFork) -> None:
+    """Have `obj._after_fork()` called in every child forked from now on (`obj` is not kept
+    alive by this)."""
+    _registered.add(obj)
 
 
 def abandon(*objects: Any) -> None:
@@ -65,14 +72,11 @@ def abandon(*objects: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    from . import _default  # (imported with the package: no import happens here)
-
-    _default._lock = threading.Lock()  # guards `set_default_engine` / `default_engine`
-    for engine in list(_engines):
+    for obj in list(_registered):
         try:
-            engine._after_fork()
+            obj._after_fork()
         except Exception:
-            logger.exception("policyengine: repairing an engine after fork failed")
+            logger.exception("policyengine: repairing %r after fork failed", obj)
 
 
 if hasattr(os, "register_at_fork"):

@@ -1,8 +1,12 @@
 """Guard: one compiled policy, the runtime that a guarded call runs through.
 
-Layer order, outermost first: fallback, total timeout, retry (with budget), breaker, bulkhead,
-attempt timeout, the function. Everything a call needs was built by `_compile`; the call itself
-reads a few attributes, bumps counters, and arms one timer per attempt.
+Layer order, outermost first: fallback, total timeout, retry (with budget), breaker, the
+pluggable layers (`_layer`), bulkhead, attempt timeout, the function. Everything a call needs
+was built by `_compile`; the call itself reads a few attributes, bumps counters, and arms no timer
+of its own (attempts share a deadline queue per loop, see `_timeout`).
+
+Each attempt goes through one `_lifecycle.Attempt`; this module is the async driver (`call`),
+`_sync` the blocking one, `_scope` the `async with` one and `_observe` observe mode's.
 
 `asyncio.CancelledError` (and every other BaseException that is not an Exception) is never
 retried, never counted as a success or failure, and returns every permit it holds.
@@ -11,25 +15,23 @@ retried, never counted as a success or failure, and returns every permit it hold
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._attempts import (
-    NotAwaitableError,
-    admit,
-    before_retry,
-    count_full,
-    count_open,
-    in_thread,
-    not_awaitable,
-    timed_out,
-    wait_slot,
-)
 from ._breaker import _OPEN
-from ._events import Event
+from ._driver import passthrough as _passthrough
+from ._driver import run as _run
+from ._driver import with_fallback as _with_fallback
+from ._events import Event, Rejected, TimedOut
+from ._hedged import hedged_call as _hedged_call
+from ._matchers import compile_matchers
+from ._models import resolve_matchers
+from ._observe import observe_call as _observe_call
+from ._snapshot import GuardSnapshot, guard_snapshot
+from ._sync import call_sync as _call_sync
 from ._timeout import Deadline, DeadlineQueue
-from .exceptions import BulkheadFullError, CircuitOpenError, RejectedError
+from .exceptions import CircuitOpenError, GuardTimeoutError
 
 if TYPE_CHECKING:
     from ._breaker import Breaker
@@ -37,46 +39,72 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._events import Listeners
     from ._fallback import Fallback
-    from ._metrics import GuardMetrics
+    from ._hedge import Hedge
+    from ._layer import AttemptLayer
+    from ._metrics import GuardMetrics, RejectionReason
     from ._models import Policy
     from ._retry import RetryBudget, RetryStrategy
 
 __all__ = ["Guard"]
 
 T = TypeVar("T")
+SyncEntry = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+CallEntry = Callable[
+    [Callable[..., Any], tuple[Any, ...], dict[str, Any]], Coroutine[Any, Any, Any]
+]
 _get_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
+
+
+_OPEN_REJECTED = Rejected("circuit_open")
+
+
+async def _open_error(name: str, retry_after: float) -> Any:
+    # The error is built inside the coroutine: raising one built by the caller costs ~1.8x more
+    raise CircuitOpenError(name, retry_after, "open")
 
 
 def _always(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
+def _never(exc: BaseException) -> bool:
+    return False
+
+
 class Guard:
     """The compiled runtime of one policy version. Handles (`guard(name)`) point at the newest."""
 
     __slots__ = (
-        "_attempt",
-        "_bounded_wait",
-        "_budget",
-        "_clock",
-        "_emit",
+        "_drive",
         "_first",
         "_queue",
-        "_retryable",
-        "_threaded",
-        "_timed",
-        "_total",
         "_wait_queue",
+        "attempt_timeout",
+        "bounded",
+        "bounded_wait",
         "breaker",
+        "budget",
         "bulkhead",
+        "clock",
+        "clocked",
+        "door",
+        "emit",
         "fallback",
+        "hedge",
+        "ignores",
+        "layers",
         "max_attempts",
         "metrics",
         "mode",
         "name",
         "policy",
         "retry",
+        "retryable",
+        "sync_entry",
+        "threaded",
+        "timed",
+        "total",
     )
 
     def __init__(
@@ -92,42 +120,63 @@ class Guard:
         retry: RetryStrategy | None = None,
         budget: RetryBudget | None = None,
         fallback: Fallback | None = None,
+        layers: tuple[AttemptLayer, ...] = (),
+        hedge: Hedge | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
         self.mode = policy.mode
-        self._clock = clock
-        self._emit = emit
+        self.clock = clock
+        self.emit = emit
         self.metrics = metrics
         self.breaker = breaker
         self.bulkhead = bulkhead
         self.retry = retry
-        self._budget = budget
+        self.budget = budget
         self.fallback = fallback
+        self.layers = layers
+        self.hedge = hedge
         self.max_attempts = retry.max_attempts if retry is not None else 1
-        self._retryable = retry.should_retry if retry is not None else _always
+        self.retryable = retry.should_retry if retry is not None else _always
+        ignore = policy.breaker.ignore if policy.breaker is not None else None
+        # the breaker's `ignore` rule, for metrics: an ignored error is neither outcome
+        self.ignores = compile_matchers(resolve_matchers(ignore)) if ignore else _never
         timeout = policy.timeout
-        self._total = timeout.total if timeout is not None else None
-        self._attempt = timeout.attempt if timeout is not None else None
-        self._threaded = bulkhead is not None and bulkhead.kind == "threads"
-        # slow-call rules need durations (from the policy: the breaker is reconfigured later)
-        self._timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
+        self.total = timeout.total if timeout is not None else None
+        self.attempt_timeout = timeout.attempt if timeout is not None else None
+        self.threaded = bulkhead is not None and bulkhead.kind == "threads"
+        # slow-call rules need durations; a call started without one is never slow, even if
+        # a reload adds the rule while it runs (the breaker itself is reconfigured in place)
+        self.timed = policy.breaker is not None and policy.breaker.slow_call_duration is not None
+        # an attempt's duration is needed by slow-call rules and by layers, else not measured
+        self.clocked = self.timed or bool(layers)
+        # call_sync cannot stop an attempt: with a timeout it measures it, to count overruns
+        self.bounded = self.total is not None or self.attempt_timeout is not None
         # a bulkhead wait bounded by max_wait or the total deadline needs a timer
-        self._bounded_wait = bulkhead is not None and (
+        self.bounded_wait = bulkhead is not None and (
             (policy.bulkhead is not None and policy.bulkhead.max_wait is not None)
-            or self._total is not None
+            or self.total is not None
         )
         self._queue: DeadlineQueue | None = None
         self._wait_queue: DeadlineQueue | None = None
-        # What `call` runs, chosen once: no mode or fallback test per call.
+        # The breaker `call` itself tests (see `refusal`): only where an open circuit simply
+        # raises (enforce mode, no fallback to serve it)
+        plain = self.mode == "enforce" and fallback is None
+        self.door: Breaker | None = breaker if plain else None
+        # What `call_sync` runs before its own path: a ramp or drill sets it (`_enforce`,
+        # `_drill`), as they set `_first` for `call`; None: straight to `_sync.plain_sync`
+        self.sync_entry: SyncEntry | None = None
+        # What `call` runs, chosen once: no mode, fallback or hedge test per call.
+        self._drive: CallEntry = functools.partial(_run if hedge is None else _hedged_call, self)
+        self._first: CallEntry
         if self.mode == "disabled":
-            self._first = self._passthrough
+            self._first = functools.partial(_passthrough, self)
         elif self.mode == "observe":
-            self._first = self._observe
+            self._first = functools.partial(_observe_call, self)
         elif fallback is not None:
-            self._first = self._run_with_fallback
+            self._first = functools.partial(_with_fallback, self)
         else:
-            self._first = self._run
+            self._first = self._drive
 
     # ----------------------------------------------------------------- state
     @property
@@ -136,66 +185,32 @@ class Guard:
             return "disabled"
         return self.breaker.state if self.breaker is not None else "closed"
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GuardSnapshot:
         """Metrics, bulkhead use and state, read together (`GuardHandle.metrics()`)."""
-        out = self.metrics.snapshot()
-        bulkhead = self.bulkhead
-        out["queued"] = bulkhead.queued if bulkhead is not None else 0
-        out["bulkhead"] = (
-            None
-            if bulkhead is None
-            else {
-                "active": bulkhead.active,
-                "max_concurrent": bulkhead.max_concurrent,
-                "queued": bulkhead.queued,
-                "max_queue": bulkhead.max_queue,
-            }
-        )
-        out["state"] = self.state
-        breaker = self.breaker
-        out["breaker_failure_rate"] = breaker.failure_rate if breaker is not None else None
-        # a shared breaker that lost its store and runs on this process's own state
-        out["degraded"] = bool(getattr(breaker, "degraded", False))
-        return out
+        return guard_snapshot(self)
 
-    # ------------------------------------------------------------ async call
-    def call(
-        self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
-    ) -> Coroutine[Any, Any, T]:
-        """`await guard.call(fn, ...)`: run `fn(*args, **kwargs)` through every layer."""
-        return self._first(fn, args, kwargs)
+    # --------------------------------------------------- counting (off the success path)
+    def count_rejection(self, reason: RejectionReason) -> None:
+        """A rejection after the call was counted (a retry refused, a full bulkhead...)."""
+        self.metrics.count(reason)
+        if self.emit.hot:
+            self.emit(Event.of(self.name, Rejected(reason)))
 
-    async def _passthrough(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            return await result
-        return result
+    def refuse(self) -> None:
+        """A call refused at the door: a call, ignored (neither outcome), circuit_open."""
+        self.metrics.refuse()
+        if self.emit.hot:
+            self.emit(Event.of(self.name, _OPEN_REJECTED))
 
-    async def _observe(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        from ._observe import observe_call
+    def timed_out(self, total: bool, n: int) -> GuardTimeoutError:
+        """Attempt `n` ran past the total deadline (`total`) or its own: counted, announced."""
+        kind = "total" if total else "attempt"
+        seconds = (self.total if total else self.attempt_timeout) or 0.0
+        self.metrics.count("timeouts")
+        self.emit(Event.of(self.name, TimedOut(kind, n)))
+        return GuardTimeoutError(self.name, kind, seconds)
 
-        return await observe_call(self, fn, args, kwargs)
-
-    async def _run_with_fallback(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        try:
-            return await self._run(fn, args, kwargs)
-        except NotAwaitableError:
-            raise  # the caller's mistake: no fallback hides it
-        except Exception as exc:
-            fallback = self.fallback
-            if fallback is None or fallback.kind_of(exc, self._retryable) is None:
-                raise
-            self.metrics.count("fallbacks")
-            self._emit(Event("fallback", self.name, {"error": type(exc).__name__}))
-            return await fallback.produce(exc)
-
-    def _deadline(
+    def deadline(
         self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
     ) -> Deadline:
         queue = self._queue
@@ -203,7 +218,7 @@ class Guard:
             queue = self._queue = DeadlineQueue(loop)
         return queue.add(task, when)
 
-    def _wait_deadline(
+    def wait_deadline(
         self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float
     ) -> Deadline:
         """Bulkhead waits get a queue of their own: their lengths differ from attempts'."""
@@ -212,133 +227,43 @@ class Guard:
             queue = self._wait_queue = DeadlineQueue(loop)
         return queue.add(task, when)
 
-    async def _run(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        m = self.metrics
-        breaker = self.breaker
-        permit = 0
-        if breaker is not None:
-            permit = breaker._closed_permit  # closed: the permit, with no call at all
-            if permit < 0:
-                # Open: `Breaker.acquire`'s first test, inlined. This is an outage's hot path,
-                # so the error is raised once, here, with no frame or re-raise in between.
-                if breaker._state == _OPEN and not breaker.observe:
-                    now = breaker._now()
-                    until = breaker._open_until
-                    if now < until:
-                        lock = m.lock  # m.refuse(), inlined
-                        lock.acquire()
-                        m.refused += 1
-                        lock.release()
-                        if self._emit.hot:
-                            self._emit(Event("rejected", self.name, {"reason": "circuit_open"}))
-                        raise CircuitOpenError(self.name, until - now, "open")
-                try:
-                    permit = breaker.acquire()
-                except CircuitOpenError:
-                    count_open(self)
-                    raise
-        loop = _get_loop()
-        with m.lock:  # m.start(), inlined: this is the hot path
-            m.calls += 1
-            m.in_flight += 1
-        t0 = loop.time()
-        total = self._total
-        deadline = t0 + total if total is not None else None
-        if self._budget is not None:
-            self._budget.record_call()
-        bulkhead, per_attempt = self.bulkhead, self._attempt
-        threaded = self._threaded
-        timed = self._timed
-        outcome = -1
-        n = 0
-        previous = 0.0
-        try:
-            while True:
-                n += 1
-                if n > 1 and breaker is not None:
-                    permit = admit(self, breaker)
-                if bulkhead is not None:
-                    try:
-                        slot = bulkhead.enter(loop)
-                        if slot is not None:
-                            if self._bounded_wait:
-                                await wait_slot(self, bulkhead, slot, loop, deadline)
-                            else:  # unbounded: await the queue's future right here
-                                try:
-                                    await slot
-                                except BaseException:
-                                    bulkhead.leave_queue(slot)
-                                    raise
-                    except BaseException as exc:
-                        if breaker is not None:
-                            breaker.on_release(permit)
-                        if isinstance(exc, BulkheadFullError):
-                            count_full(self)
-                        raise
-                when = deadline
-                if per_attempt is not None:
-                    attempt_end = loop.time() + per_attempt
-                    if when is None or attempt_end < when:
-                        when = attempt_end
-                timer = None
-                if when is not None:
-                    timer = self._deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
-                started = self._clock.now() if timed else 0.0
-                awaited: object = None
-                try:
-                    if threaded:
-                        result = await in_thread(bulkhead, loop, fn, args, kwargs)  # type: ignore[arg-type]
-                    else:
-                        awaited = fn(*args, **kwargs)
-                        result = await awaited  # type: ignore[misc]
-                except BaseException as exc:
-                    if bulkhead is not None and not threaded:
-                        bulkhead.release()
-                    if isinstance(exc, TypeError) and awaited is not None:
-                        not_awaitable(self, awaited, fn, breaker, permit, timer)
-                    error: BaseException = exc
-                    if timer is not None and isinstance(exc, asyncio.CancelledError):
-                        if not timer.expired():
-                            if breaker is not None:
-                                breaker.on_release(permit)
-                            raise
-                        error = timed_out(self, when == deadline, n)
-                    elif timer is not None:
-                        timer.disarm()
-                    if not isinstance(error, Exception):
-                        if breaker is not None:
-                            breaker.on_release(permit)
-                        raise
-                    if breaker is not None:
-                        elapsed = self._clock.now() - started if timed else 0.0
-                        breaker.on_failure(permit, error, elapsed)
-                    previous = await before_retry(self, error, n, previous, loop, deadline)
-                    if previous < 0:
-                        if error is exc:
-                            raise
-                        raise error from None
-                    continue
-                if timer is not None:
-                    timer.disarm()
-                if bulkhead is not None and not threaded:
-                    bulkhead.release()
-                if breaker is not None:
-                    breaker.on_success(permit, self._clock.now() - started if timed else 0.0)
-                outcome = 1
-                return result
-        except BaseException as exc:
-            if isinstance(exc, Exception) and not isinstance(exc, NotAwaitableError):
-                outcome = -1 if isinstance(exc, RejectedError) and n <= 1 else 0
-            raise
-        finally:
-            m.finish(outcome, loop.time() - t0)
+    # ------------------------------------------------------------ async call
+    def call(
+        self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, T]:
+        """`await guard.call(fn, ...)`: run `fn(*args, **kwargs)` through every layer."""
+        door = self.door
+        if door is not None and door._state == _OPEN and not door.observe:
+            now = door._now()  # `refusal()`, inlined: an outage's hot path
+            until = door._open_until
+            if now < until:
+                self.metrics.refuse()
+                if self.emit.hot:
+                    self.emit(Event.of(self.name, _OPEN_REJECTED))
+                return _open_error(self.name, until - now)
+        return self._first(fn, args, kwargs)
+
+    def refusal(self, breaker: Breaker) -> Coroutine[Any, Any, Any] | None:
+        """An open circuit's rejection, decided before any coroutine of ours runs: a minimal
+        coroutine that raises the (counted) CircuitOpenError, or None to run the call.
+
+        Why here: this is an outage's hot path, paid by every caller while the dependency is
+        down. Deciding it in `call()` skips the guard's own coroutine frames (the caller still
+        gets a coroutine, so `create_task(guard.call(...))` and `gather` keep working); what is
+        left costs little more than any coroutine that only raises. Half-open and forced states
+        go the long way (`Breaker.acquire` under its lock)."""
+        if breaker._state != _OPEN or breaker.observe:
+            return None
+        now = breaker._now()
+        until = breaker._open_until
+        if now >= until:
+            return None
+        self.metrics.refuse()
+        if self.emit.hot:
+            self.emit(Event.of(self.name, _OPEN_REJECTED))
+        return _open_error(self.name, until - now)
 
     # ------------------------------------------------------------- sync call
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking `fn` in this thread through the policy (see `_sync`)."""
         return _call_sync(self, fn, args, kwargs)
-
-
-from ._sync import call_sync as _call_sync  # noqa: E402  (needs Guard defined)

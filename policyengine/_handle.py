@@ -15,11 +15,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from ._keyed_handle import KeyedHandle, attempt_guard, keyed_handle, keys_of
 from ._scope import AttemptScope
+from ._sync import call_sync as _call_sync
 
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._guard import Guard
+    from ._snapshot import GuardSnapshot
 
 __all__ = ["GuardHandle"]
 
@@ -37,15 +40,39 @@ def _default_engine() -> Engine:
     return default_engine()
 
 
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _is_async(fn: object) -> bool:
+    """An `async def`, a partial of one, or an object whose `__call__` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or not callable(fn):
+        return False
+    return inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _wraps(wrapper: Callable[P, Any], fn: Callable[P, Any]) -> Callable[P, Any]:
+    """`functools.wraps`, plus the defaults that tools reading a signature's values look at."""
+    functools.update_wrapper(wrapper, fn)
+    for attr in ("__defaults__", "__kwdefaults__"):
+        value = getattr(fn, attr, None)
+        if value is not None:
+            setattr(wrapper, attr, value)
+    return wrapper
+
+
 class GuardHandle:
     """Call through a named policy: `await h.call(fn, ...)`, `h.call_sync(fn, ...)`, `@h`,
     `async with h:` / `with h:` (one attempt)."""
 
-    __slots__ = ("__weakref__", "_engine", "name")
+    __slots__ = ("__weakref__", "_engine", "_keyed", "name")
 
     def __init__(self, name: str, engine: Engine | None = None) -> None:
         self.name = name
         self._engine = engine
+        self._keyed: dict[str, KeyedHandle] | None = None  # `key()`'s handles, made once
 
     def __repr__(self) -> str:
         return f"<GuardHandle {self.name!r} state={self.state!r}>"
@@ -65,12 +92,19 @@ class GuardHandle:
         """`await handle.call(fn, *args, **kwargs)`: run `fn` through the policy."""
         engine = self._engine if self._engine is not None else _default_engine()
         guard = engine._guards.get(self.name) or engine._lookup(self.name)
+        door = guard.door
+        if door is not None and door._closed_permit < 0:
+            refused = guard.refusal(door)  # an open circuit: decided here, see `Guard.refusal`
+            if refused is not None:
+                return refused
         return guard._first(fn, args, kwargs)
 
     def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking `fn` through the policy in this thread (see the README on timeouts)."""
         engine = self._engine if self._engine is not None else _default_engine()
-        return engine._lookup(self.name).call_sync(fn, *args, **kwargs)
+        return _call_sync(
+            engine._guards.get(self.name) or engine._lookup(self.name), fn, args, kwargs
+        )
 
     @overload
     def __call__(
@@ -81,26 +115,31 @@ class GuardHandle:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate an `async def` or a `def`; the policy in force is used at each call."""
-        if inspect.iscoroutinefunction(fn):
+        """Decorate an `async def` (or an object whose `__call__` is one) or a `def`; the
+        policy in force is used at each call. Generators are refused: a guard bounds one call,
+        and a generator's work happens after it returned."""
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise TypeError(
+                f"guard({self.name!r}) cannot decorate the generator {_name(fn)}: its work runs "
+                "after the call returns; guard each step instead (`async with guard(...)`)"
+            )
+        if _is_async(fn):
 
-            @functools.wraps(fn)
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
                 engine = self._engine if self._engine is not None else _default_engine()
                 return await engine._lookup(self.name)._first(fn, args, kwargs)
 
-            return guarded
+            return _wraps(guarded, fn)
 
-        @functools.wraps(fn)
         def guarded_sync(*args: P.args, **kwargs: P.kwargs) -> Any:
             engine = self._engine if self._engine is not None else _default_engine()
             return engine._lookup(self.name).call_sync(fn, *args, **kwargs)
 
-        return guarded_sync
+        return _wraps(guarded_sync, fn)
 
     # ---------------------------------------------------- one attempt scope
     async def __aenter__(self) -> GuardHandle:
-        scope = AttemptScope(self.current())
+        scope = AttemptScope(attempt_guard(self.current()))
         await scope.enter_async(asyncio.current_task())
         _scopes.set((*_scopes.get(), scope))
         return self
@@ -114,7 +153,7 @@ class GuardHandle:
         return self._pop().exit(exc)
 
     def __enter__(self) -> GuardHandle:
-        scope = AttemptScope(self.current())
+        scope = AttemptScope(attempt_guard(self.current()))
         scope.enter_sync()
         _scopes.set((*_scopes.get(), scope))
         return self
@@ -138,6 +177,17 @@ class GuardHandle:
         """ "closed" | "open" | "half_open" | "forced_open" | "disabled"."""
         return self.current().state
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> GuardSnapshot:
         """Counters since the guard was created (kept across reloads) and the state."""
         return self.current().snapshot()
+
+    # ---------------------------------------------------------- keyed guards
+    def key(self, key: str) -> KeyedHandle:
+        """A handle on `key`'s lane of a partitioned policy (`_keyed_handle`): its own breaker."""
+        cache = self._keyed  # a request path calls this each time: the kept one, at once
+        found = None if cache is None else cache.get(key)
+        return found if found is not None else keyed_handle(self, key)
+
+    def keys(self) -> dict[str, str]:
+        """{key: state} of the keys a partitioned policy keeps now ({} without `partition`)."""
+        return keys_of(self.current())

@@ -16,7 +16,7 @@ from ._diagnostics import suggest
 from ._lines import KeyPath, dotted, line_of, scan_lines
 from .exceptions import PolicyIssue
 
-__all__ = ["Doc", "Node", "leaves", "merge_chain", "resolve_chains"]
+__all__ = ["Chain", "Doc", "Node", "leaves", "merge_chain", "resolve_chains"]
 
 _OPAQUE: frozenset[KeyPath] = frozenset({("fallback", "value")})
 _EXCLUSIVE: dict[KeyPath, tuple[str, str]] = {("fallback",): ("value", "handler")}
@@ -87,44 +87,92 @@ def _parent(node: Node, templates: dict[str, Node], policies: dict[str, Node]) -
     raise _Missing(f"extends {target!r}, but there is no {what} of that name{hint}")
 
 
+class Chain:
+    """A node and the chain it inherits (``parent``): chains share their tails, so resolving
+    and merging every node of a long `extends` chain costs time linear in its length."""
+
+    __slots__ = ("_merged", "length", "node", "parent")
+
+    def __init__(self, node: Node, parent: Chain | None) -> None:
+        self.node = node
+        self.parent = parent
+        self.length: int = 1 if parent is None else parent.length + 1
+        self._merged: tuple[dict[str, Any], dict[KeyPath, Node]] | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Node]:
+        link: Chain | None = self
+        while link is not None:
+            yield link.node
+            link = link.parent
+
+
+def _cycle_issue(loop: list[Node], order: dict[Node, int]) -> PolicyIssue:
+    """One issue for a cycle, said by its member that comes first in the files."""
+    first = min(range(len(loop)), key=lambda i: order[loop[i]])
+    loop = loop[first:] + loop[:first]
+    labels = [n.label for n in [*loop, loop[0]]]
+    if len(labels) > 9:
+        labels = [*labels[:5], f"... ({len(loop) - 6} more)", *labels[-2:]]
+    return loop[0].issue(("extends",), f"extends forms a cycle: {' -> '.join(labels)}")
+
+
 def resolve_chains(
     templates: dict[str, Node],
     policies: dict[str, Node],
     *,
     report_missing: bool = True,
-    broken: dict[Node, list[Node]] | None = None,
-) -> tuple[dict[Node, list[Node]], list[PolicyIssue]]:
+    broken: dict[Node, Chain] | None = None,
+) -> tuple[dict[Node, Chain], list[PolicyIssue]]:
     """Each node's chain (itself first, then what it inherits from), for the nodes whose
     `extends` resolve; an issue for every wrong `extends` and one for every cycle. The partial
-    chains of the others go to `broken`, so their own values can still be checked."""
-    chains: dict[Node, list[Node]] = {}
+    chains of the others go to `broken`, so their own values can still be checked: up to the
+    node whose `extends` is wrong, or only the node itself when its chain runs into a cycle.
+
+    Each node is walked once (a walk stops at a node already settled), so this is linear in the
+    number of nodes, however long the chains or cycles."""
+    order = {node: i for i, node in enumerate([*templates.values(), *policies.values()])}
+    chains: dict[Node, Chain] = {}
+    failed: dict[Node, tuple[Chain, bool]] = {}  # node -> (partial chain, ran into a cycle)
     issues: list[PolicyIssue] = []
-    cycles: set[frozenset[int]] = set()
-    for node in [*templates.values(), *policies.values()]:
-        chain = [node]
-        while True:
+    for start in order:
+        path: list[Node] = []
+        on_path: dict[Node, int] = {}
+        node: Node | None = start
+        tail: Chain | None = None
+        cycle = error = False
+        while node is not None:
+            if node in chains:
+                tail = chains[node]
+                break
+            if node in failed:
+                tail, cycle = failed[node]
+                error = True
+                break
+            if node in on_path:
+                loop = path[on_path[node] :]
+                issues.append(_cycle_issue(loop, order))
+                cycle = error = True
+                break
+            on_path[node] = len(path)
+            path.append(node)
             try:
-                parent = _parent(chain[-1], templates, policies)
+                node = _parent(node, templates, policies)
             except ValueError as exc:  # reported once, by the node that says it
-                if chain[-1] is node and (report_missing or not isinstance(exc, _Missing)):
-                    issues.append(node.issue(("extends",), str(exc)))
-                if broken is not None:
-                    broken[node] = chain
+                if report_missing or not isinstance(exc, _Missing):
+                    issues.append(path[-1].issue(("extends",), str(exc)))
+                error = True
                 break
-            if parent is None:
-                chains[node] = chain
-                break
-            if parent in chain:
-                loop = chain[chain.index(parent) :]
-                key = frozenset(id(n) for n in loop)
-                if node in loop and key not in cycles:
-                    cycles.add(key)
-                    names = " -> ".join(n.label for n in [*loop, parent])
-                    issues.append(node.issue(("extends",), f"extends forms a cycle: {names}"))
-                if broken is not None:
-                    broken[node] = [node]
-                break
-            chain.append(parent)
+        for member in reversed(path):
+            tail = Chain(member, None if cycle else tail)
+            if error:
+                failed[member] = (tail, cycle)
+            else:
+                chains[member] = tail
+    if broken is not None:
+        broken.update((node, chain) for node, (chain, _) in failed.items())
     return chains, issues
 
 
@@ -152,12 +200,21 @@ def _merge(
             base[key] = value
 
 
-def merge_chain(chain: list[Node]) -> tuple[dict[str, Any], dict[KeyPath, Node]]:
-    """The effective table of `chain[0]` (without `extends`) and the node that wrote each path."""
-    data: dict[str, Any] = {}
-    owners: dict[KeyPath, Node] = {}
-    for node in reversed(chain):
-        _merge(data, {k: v for k, v in node.raw.items() if k != "extends"}, (), node, owners)
+def merge_chain(chain: Chain) -> tuple[dict[str, Any], dict[KeyPath, Node]]:
+    """The effective table of `chain`'s node (without `extends`) and the node that wrote each
+    path. Each link's result is kept (do not mutate it), so the chains that share a tail merge
+    it once."""
+    pending: list[Chain] = []
+    link: Chain | None = chain
+    while link is not None and link._merged is None:
+        pending.append(link)
+        link = link.parent
+    data, owners = link._merged if link is not None and link._merged is not None else ({}, {})
+    for link in reversed(pending):
+        data, owners = dict(data), dict(owners)
+        raw = {k: v for k, v in link.node.raw.items() if k != "extends"}
+        _merge(data, raw, (), link.node, owners)
+        link._merged = (data, owners)
     return data, owners
 
 

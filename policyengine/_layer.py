@@ -6,11 +6,13 @@ Why a protocol: every new layer would otherwise add a step to each of the guarde
 layers, empty when the policy uses none (one truthiness test on the hot path), and the lifecycle
 calls each at two fixed points of every attempt:
 
-- `admit(now)` before the attempt, after the breaker permit and before the bulkhead slot. It
-  returns 0.0 to go on, or a number of seconds the caller must wait before the attempt starts (the
-  layer already holds what it reserved, e.g. a rate-limit token); the lifecycle sleeps on the
-  engine's clock, bounded by the total deadline. It raises a `RejectedError` subclass to refuse the
-  attempt (never retried; counted under the error's `reason`).
+- `admit(now, limit)` before the attempt, after the breaker permit and before the bulkhead slot.
+  `limit` is the time left before the call's total deadline (None: no deadline). It returns 0.0 to
+  go on, or a number of seconds (less than `limit`) the caller must wait before the attempt starts
+  (the layer already holds what it reserved, e.g. a rate-limit token); the lifecycle sleeps on the
+  engine's clock. It raises a `RejectedError` subclass to refuse the attempt (never retried;
+  counted under the error's `reason`), taking nothing, also when the wait would not fit in
+  `limit`.
 - `settle(outcome, error, duration, now)` exactly once for every `admit` that returned (did not
   raise), with what happened: also when the attempt never ran because a later step refused it
   ("rejected") or the caller was cancelled while waiting ("cancelled"). `duration` is in the
@@ -45,7 +47,7 @@ OUTCOMES: tuple[Outcome, ...] = (
 class AttemptLayer(Protocol):
     """One pluggable step around each attempt (see the module docstring)."""
 
-    def admit(self, now: float) -> float: ...
+    def admit(self, now: float, limit: float | None = None) -> float: ...
 
     def settle(
         self, outcome: Outcome, error: BaseException | None, duration: float, now: float

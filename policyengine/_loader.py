@@ -14,22 +14,32 @@ import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from ._chaos import ChaosOptions, drill_issue
 from ._diagnostics import clean_loc, describe, without_typo_echoes
-from ._inherit import Doc, Node, leaves, merge_chain, resolve_chains
+from ._files import (
+    MAX_FILE_BYTES,
+    depth_message,
+    files_of,
+    read_all,
+    too_deep,
+    too_large,
+)
+from ._inherit import Chain, Doc, Node, merge_chain, resolve_chains
 from ._latency import schedule_warning
 from ._lines import KeyPath, dotted
 from ._models import Policy, PolicyFile, StateOptions
+from ._origins import Origins as _Origins
+from ._record import RecordOptions
 from .exceptions import PolicyIssue, PolicyValidationError
 
-__all__ = ["PolicySet", "load_path", "load_text", "state_issue"]
+__all__ = ["PolicySet", "load_path", "load_text"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,11 @@ class PolicySet:
     version: str
     warnings: tuple[PolicyIssue, ...] = ()
     origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    allow_modules: tuple[str, ...] | None = None
+    """The `allow_modules` this set was loaded with: a reload of its files passes it again."""
+    record: RecordOptions | None = None  # top-level [record] (_record)
+    # the document `[state]` was written in (None: no [state]), to point at its lines later
+    state_doc: Doc | None = field(default=None, compare=False, repr=False)
 
 
 _SECTIONS = ("templates", "policies")
@@ -50,8 +65,14 @@ _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
 def _parse(text: str, source: str, issues: list[PolicyIssue]) -> Doc | None:
+    if len(text) > MAX_FILE_BYTES:  # (a file's bytes were bounded already; this is `loads`)
+        issues.append(PolicyIssue(source, None, "", too_large()))
+        return None
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        issues.append(PolicyIssue(source, None, "", depth_message(None)))
+        return None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         m = _AT_LINE.search(message)
@@ -65,18 +86,27 @@ def _parse(text: str, source: str, issues: list[PolicyIssue]) -> Doc | None:
             line, detail = None, message
         issues.append(PolicyIssue(source, line, "", f"TOML syntax error: {detail}"))
         return None
+    deep = too_deep(data)
+    if deep is not None:
+        issues.append(PolicyIssue(source, None, dotted(deep[:2]), depth_message(deep)))
+        return None
     return Doc(source, text, data)
 
 
 class _Build:
     """One load: the documents, the namespace they share, and the problems found."""
 
-    def __init__(self, issues: list[PolicyIssue], strict: bool) -> None:
+    def __init__(
+        self, issues: list[PolicyIssue], strict: bool, allow_modules: tuple[str, ...] | None
+    ) -> None:
         self.issues = issues
         self.strict = strict
+        self.validating = False  # `policyengine validate`: an ended drill is an error
+        self.context = {"allow_modules": allow_modules}
         self.warnings: list[PolicyIssue] = []
         self.nodes: dict[str, dict[str, Node]] = {"templates": {}, "policies": {}}
         self.state: tuple[Doc, StateOptions] | None = None
+        self.record: RecordOptions | None = None
         self.seen: set[tuple[str, int | None, KeyPath, str]] = set()
 
     def top_level(self, doc: Doc) -> None:
@@ -103,6 +133,8 @@ class _Build:
                     )
                 else:
                     self.state = (doc, parsed.state)
+            if parsed.record is not None:  # [record]: one file of a directory should say it
+                self.record = parsed.record
         for section in _SECTIONS:
             self.gather(doc, section)
 
@@ -157,7 +189,7 @@ class _Build:
 
     def resolve(self, parse_failed: bool) -> tuple[dict[str, Policy], _Origins]:
         templates, policies = self.nodes["templates"], self.nodes["policies"]
-        broken: dict[Node, list[Node]] = {}
+        broken: dict[Node, Chain] = {}
         chains, problems = resolve_chains(
             templates, policies, report_missing=not parse_failed, broken=broken
         )
@@ -165,7 +197,7 @@ class _Build:
         for node, chain in broken.items():  # still check what these nodes say themselves
             data, owners = merge_chain(chain)
             try:
-                Policy.model_validate(data)
+                Policy.model_validate(data, context=self.context)
             except ValidationError as exc:
                 self.report(node, data, owners, exc, partial=True)
         effective: dict[str, Policy] = {}
@@ -176,7 +208,7 @@ class _Build:
         for node, chain in ordered:
             data, owners = merge_chain(chain)
             try:
-                policy = Policy.model_validate(data)
+                policy = Policy.model_validate(data, context=self.context)
             except ValidationError as exc:
                 self.report(node, data, owners, exc)
                 continue
@@ -184,17 +216,44 @@ class _Build:
                 effective[node.name] = policy
                 origins.sources[node.name] = (data, owners)
                 self.check_schedule(node, policy, owners)
+                if policy.retry is not None:
+                    self.warn(node, owners, ("retry", "max_delay"), policy.retry.delay_warning())
+                if policy.chaos is not None:
+                    self.check_drill(node, policy.chaos, owners)
         return {name: effective[name] for name in policies if name in effective}, origins
 
     def check_schedule(self, node: Node, policy: Policy, owners: dict[KeyPath, Node]) -> None:
-        message = schedule_warning(policy)
+        self.warn(node, owners, ("timeout", "total"), schedule_warning(policy))
+
+    def warn(
+        self, node: Node, owners: dict[KeyPath, Node], rel: KeyPath, message: str | None
+    ) -> None:
+        """A warning on `rel` of `node` (an error when `strict`); nothing for None."""
         if message is None:
             return
-        rel = ("timeout", "total")
         if self.strict:
             self.issues.append(_issue(node, owners, rel, message))
         else:
             self.warnings.append(_issue(node, owners, rel, message, "warning"))
+
+    def check_drill(self, node: Node, chaos: ChaosOptions, owners: dict[KeyPath, Node]) -> None:
+        severity, key, message = drill_issue(chaos, self.strict, validating=self.validating)
+        issue = _issue(node, owners, ("chaos", key) if key else ("chaos",), message, severity)
+        (self.issues if severity == "error" else self.warnings).append(issue)
+
+    def check_not_empty(self, policies: Mapping[str, Policy], sources: list[str]) -> None:
+        """A load with no policy at all (an empty or truncated file) is a warning."""
+        if policies or self.nodes["policies"] or self.issues or not sources:
+            return
+        what = "the file defines" if len(sources) == 1 else f"the {len(sources)} files define"
+        message = (
+            f"no policies: {what} no [policies.NAME] table, so guard(NAME) finds nothing "
+            "(is the file truncated?)"
+        )
+        severity: Literal["error", "warning"] = "error" if self.strict else "warning"
+        (self.issues if self.strict else self.warnings).append(
+            PolicyIssue(sources[0], None, "policies", message, severity)
+        )
 
 
 def _issue(
@@ -216,37 +275,13 @@ def _issue(
     return PolicyIssue(owner.doc.source, line, dotted((*node.prefix, *rel)), message, severity)
 
 
-def _where(node: Node, rel: KeyPath) -> str:
-    return f"{node.doc.source}:{node.doc.line((*node.prefix, *rel))} ({node.label})"
-
-
-class _Origins(Mapping[str, Mapping[str, str]]):
-    """Policy name -> dotted key -> ``"file:line (templates.x)"``, worked out when first read
-    (only `explain` reads it; a reload need not scan every file for lines)."""
-
-    def __init__(self) -> None:
-        self.sources: dict[str, tuple[dict[str, Any], dict[KeyPath, Node]]] = {}
-        self._done: dict[str, Mapping[str, str]] = {}
-
-    def __getitem__(self, name: str) -> Mapping[str, str]:
-        found = self._done.get(name)
-        if found is None:
-            data, owners = self.sources[name]
-            found = self._done[name] = {dotted(p): _where(owners[p], p) for p in leaves(data)}
-        return found
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.sources)
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __repr__(self) -> str:
-        return f"<origins of {', '.join(self.sources) or 'no policies'}>"
-
-
 def _build(
-    texts: Iterable[tuple[str, str]], issues: list[PolicyIssue], version: str, strict: bool
+    texts: Iterable[tuple[str, str]],
+    issues: list[PolicyIssue],
+    version: str,
+    strict: bool,
+    allow_modules: Iterable[str] | None = None,
+    validating: bool = False,
 ) -> PolicySet:
     sources = []
     docs = []
@@ -258,17 +293,24 @@ def _build(
             parse_failed = True
         else:
             docs.append(doc)
-    build = _Build(issues, strict)
+    build = _Build(issues, strict, None if allow_modules is None else tuple(allow_modules))
+    build.validating = validating
     for doc in docs:
         build.top_level(doc)
     policies, origins = build.resolve(parse_failed)
+    build.check_not_empty(policies, sources)
     if issues:
         order = {source: i for i, source in enumerate(sources)}
         problems = [*issues, *build.warnings]
         problems.sort(key=lambda i: (order.get(i.file, -1), i.line or 0))
         raise PolicyValidationError(problems)
     state = build.state[1] if build.state is not None else StateOptions()
-    return PolicySet(policies, state, tuple(sources), version, tuple(build.warnings), origins)
+    allow = build.context["allow_modules"]
+    warnings = tuple(build.warnings)
+    state_doc = build.state[0] if build.state is not None else None
+    return PolicySet(
+        policies, state, tuple(sources), version, warnings, origins, allow, build.record, state_doc
+    )
 
 
 def _hash(*parts: str) -> str:
@@ -279,73 +321,37 @@ def _hash(*parts: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_text(text: str, source: str = "<string>", *, strict: bool = False) -> PolicySet:
-    """Validate a TOML document; PolicyValidationError lists every problem."""
-    return _build([(source, text.removeprefix("\ufeff"))], [], _hash(text), strict)
+def load_text(
+    text: str,
+    source: str = "<string>",
+    *,
+    strict: bool = False,
+    allow_modules: Iterable[str] | None = None,
+) -> PolicySet:
+    """Validate a TOML document; PolicyValidationError lists every problem.
+
+    `allow_modules` (``("myapp.",)``): fallback handlers must live in these modules (or under
+    them); None allows any module of the application (never builtins or the standard library).
+    """
+    texts = [(source, text.removeprefix("\ufeff"))]
+    return _build(texts, [], _hash(text), strict, allow_modules)
 
 
-def _read(path: Path) -> str:
-    """The file's text; a UTF-8 byte order mark (some Windows editors write one) is dropped."""
-    return path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")
-
-
-def load_path(path: str | os.PathLike[str], *, strict: bool = False) -> PolicySet:
-    """Validate a file, or every ``*.toml`` in a directory (merged into one namespace)."""
+def load_path(
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    allow_modules: Iterable[str] | None = None,
+    validating: bool = False,
+) -> PolicySet:
+    """Validate a file, or every ``*.toml`` in a directory (merged into one namespace); what is
+    read is bounded (see `_files`). `allow_modules` as for `load_text`; `validating` for the
+    `validate` command (an ended chaos drill is then an error, not a warning)."""
     p = Path(path)
-    if p.is_dir():
-        files = sorted(p.glob("*.toml"))
-        if not files:
-            raise PolicyValidationError(
-                [PolicyIssue(str(p), None, "", "no *.toml files in this directory")]
-            )
-    elif p.exists():
-        files = [p]
-    else:
-        raise PolicyValidationError([PolicyIssue(str(p), None, "", "no such file or directory")])
-    texts: list[tuple[str, str]] = []
     issues: list[PolicyIssue] = []
-    for f in files:
-        try:
-            texts.append((str(f), _read(f)))
-        except OSError as exc:
-            issues.append(PolicyIssue(str(f), None, "", f"cannot read the file: {exc}"))
-        except UnicodeDecodeError as exc:
-            line = exc.object[: exc.start].count(b"\n") + 1
-            issues.append(
-                PolicyIssue(
-                    str(f),
-                    line,
-                    "",
-                    f"the file is not UTF-8 text (byte {exc.object[exc.start]:#04x} on this "
-                    "line): TOML files are UTF-8; save it as UTF-8",
-                )
-            )
+    texts = read_all(files_of(p), issues)
     if p.is_dir():
         version = _hash(*(part for name, text in texts for part in (Path(name).name, text)))
     else:
         version = _hash(texts[0][1]) if texts else _hash("")
-    return _build(texts, issues, version, strict)
-
-
-def state_issue(policy_set: PolicySet, exc: Exception) -> PolicyIssue:
-    """The problem of a `[state]` that validated but whose backend cannot be built (a missing
-    redis package, a url redis-py cannot parse), located where `[state]` was written."""
-    key = "backend" if isinstance(exc, ImportError) else "url"
-    message = str(exc)
-    try:
-        password = urlsplit(policy_set.state.url).password
-    except ValueError:
-        password = None
-    if password:
-        message = message.replace(password, "***")
-    message = f"the state backend cannot be set up: {message}"
-    for source in policy_set.sources:
-        try:
-            text = _read(Path(source))
-            data = tomllib.loads(text)
-        except (OSError, ValueError):  # "<string>", or a file changed since: no line then
-            continue
-        if "state" in data:
-            return Doc(source, text, data).issue(("state", key), message)
-    source = policy_set.sources[0] if policy_set.sources else "<string>"
-    return PolicyIssue(source, None, f"state.{key}", message)
+    return _build(texts, issues, version, strict, allow_modules, validating)

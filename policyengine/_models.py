@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict, field_validator, model_validator
+from pydantic import Field, Strict, ValidationInfo, field_validator, model_validator
 
+from ._adaptive_models import check_bulkhead, require_limit
+from ._admission_models import RateLimitOptions, ThrottleOptions
+from ._chaos import ChaosOptions
+from ._hedge_models import HedgeOptions
 from ._imports import resolve_handler
 from ._matcher_models import (
     ExceptionMatcher,
@@ -18,6 +22,10 @@ from ._matcher_models import (
     MatcherSpec,
     resolve_matchers,
 )
+from ._partition_models import PartitionOptions, check_partition
+from ._ramp import RampOptions
+from ._record import RecordOptions
+from ._state_url import URL_PATTERN, check_state_url
 from ._units import Duration, Ratio, format_duration
 
 __all__ = [
@@ -28,22 +36,30 @@ __all__ = [
     "ExceptionMatcher",
     "FallbackOptions",
     "FieldError",
+    "HedgeOptions",
     "MatcherSpec",
     "OpenBackoff",
+    "PartitionOptions",
     "Policy",
     "PolicyFile",
+    "RateLimitOptions",
     "RetryOptions",
     "StateOptions",
+    "ThrottleOptions",
     "TimeoutOptions",
     "resolve_matchers",
 ]
 
-FallbackKind = Literal["circuit_open", "bulkhead_full", "timeout", "retries_exhausted"]
+FallbackKind = Literal[
+    "circuit_open", "bulkhead_full", "timeout", "retries_exhausted", "rate_limited", "throttled"
+]
 FALLBACK_KINDS: tuple[FallbackKind, ...] = (
     "circuit_open",
     "bulkhead_full",
     "timeout",
     "retries_exhausted",
+    "rate_limited",
+    "throttled",
 )
 
 
@@ -111,13 +127,19 @@ class RetryOptions(FrozenModel):
             raise FieldError(
                 "backoff", 'backoff = "exponential" needs max_delay (for example max_delay = "2s")'
             )
-        if self.max_delay is not None and self.max_delay < self.initial_delay:
-            raise FieldError(
-                "max_delay",
-                f"max_delay ({format_duration(self.max_delay)}) must not be smaller than "
-                f"initial_delay ({format_duration(self.initial_delay)})",
-            )
         return self
+
+    def delay_warning(self) -> str | None:
+        """A `max_delay` below `initial_delay` is allowed (every delay is capped at it, as in
+        tenacity and Polly) but is almost always a slip: the loader warns with this message."""
+        if self.max_delay is None or self.max_delay >= self.initial_delay:
+            return None
+        return (
+            f"max_delay ({format_duration(self.max_delay)}) is smaller than initial_delay "
+            f"({format_duration(self.initial_delay)}): every delay is capped at max_delay, so "
+            f"each retry waits at most {format_duration(self.max_delay)}; raise max_delay or "
+            "lower initial_delay if that is not what you meant"
+        )
 
 
 class OpenBackoff(FrozenModel):
@@ -223,18 +245,56 @@ class BreakerOptions(FrozenModel):
 
 
 class BulkheadOptions(FrozenModel):
-    """Concurrency limit with a bounded, time-limited queue."""
+    """Concurrency limit with a bounded, time-limited queue; `kind = "adaptive"` finds the limit
+    from latency (see `_adaptive`)."""
 
-    kind: Literal["async", "threads"] = Field(
-        default="async", description='"threads" runs blocking functions in an own thread pool.'
+    kind: Literal["async", "threads", "adaptive"] = Field(
+        default="async",
+        description='"threads" runs blocking functions in an own thread pool; "adaptive" lets '
+        "the limit follow latency.",
     )
-    max_concurrent: int = Field(ge=1, strict=True, description="Calls running at once.")
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        validate_default=True,
+        description="Calls running at once (required unless adaptive).",
+    )
     max_queue: int = Field(
         default=0, ge=0, strict=True, description="Callers allowed to wait for a slot."
     )
     max_wait: Duration | None = Field(
         default=None, description="How long one may wait (default: up to the total deadline)."
     )
+    algorithm: Literal["gradient2", "vegas", "aimd"] | None = Field(
+        default=None, description='How an adaptive limit follows latency (kind = "adaptive").'
+    )
+    initial_limit: int | None = Field(
+        default=None, ge=1, strict=True, description="Adaptive: the limit to start from (20)."
+    )
+    min_limit: int | None = Field(
+        default=None, ge=1, strict=True, description="Adaptive: the lowest limit (1)."
+    )
+    max_limit: int | None = Field(
+        default=None, ge=1, strict=True, description="Adaptive: the highest limit (200)."
+    )
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _required_unless_adaptive(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return require_limit(value, info.data.get("kind"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BulkheadOptions:
+        check_bulkhead(self)
+        return self
+
+    @property
+    def limit(self) -> int:
+        """The limit a new bulkhead starts with: max_concurrent, or initial_limit (adaptive)."""
+        value = self.initial_limit if self.kind == "adaptive" else self.max_concurrent
+        assert value is not None
+        return value
 
 
 class FallbackOptions(FrozenModel):
@@ -246,14 +306,16 @@ class FallbackOptions(FrozenModel):
     )
     on: list[FallbackKind] = Field(
         default_factory=lambda: list(FALLBACK_KINDS),
-        description="Failure kinds that use the fallback (default: all four).",
+        description="Failure kinds that use the fallback (default: all of them).",
     )
 
     @field_validator("handler")
     @classmethod
-    def _callable(cls, value: str | None) -> str | None:
+    def _callable(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            resolve_handler(value)
+            context = info.context
+            allow = context.get("allow_modules") if isinstance(context, dict) else None
+            resolve_handler(value, allow)
         return value
 
     @model_validator(mode="after")
@@ -278,18 +340,41 @@ class Policy(FrozenModel):
     breaker: BreakerOptions | None = None
     bulkhead: BulkheadOptions | None = None
     fallback: FallbackOptions | None = None
+    rate_limit: RateLimitOptions | None = None
+    throttle: ThrottleOptions | None = None
+    hedge: HedgeOptions | None = None
+    enforce: Ratio | None = Field(default=None, description="Share of calls enforced (_ramp).")
+    ramp: RampOptions | None = None
+    chaos: ChaosOptions | None = None
+    partition: PartitionOptions | None = None
+
+    @model_validator(mode="after")
+    def _partition_has_lanes(self) -> Policy:
+        kind = None if self.bulkhead is None else self.bulkhead.kind
+        check_partition(self.partition, self.breaker is not None, kind)
+        return self
 
 
 class StateOptions(FrozenModel):
     """Where shared breaker state lives."""
 
     backend: Literal["memory", "redis"] = "memory"
-    url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (backend redis).")
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis://, rediss://, unix://, redis+cluster://h1:p1,h2:p2, "
+        "redis+sentinel://h1:p1,h2:p2/service, valkey://, valkeys:// (backend redis).",
+        json_schema_extra={"pattern": URL_PATTERN},  # editors flag the scheme; we check the rest
+    )
     prefix: str = Field(default="policyengine", min_length=1, description="Key namespace.")
     on_error: Literal["local", "open", "closed"] = Field(
         default="local", description="What breakers do while the store is unreachable."
     )
     timeout: Duration = Field(default=0.05, description="Per store round trip.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        return check_state_url(value)
 
     @model_validator(mode="after")
     def _positive(self) -> StateOptions:
@@ -307,3 +392,4 @@ class PolicyFile(FrozenModel):
         default_factory=dict, description="Reusable partial policies; `default` is implicit."
     )
     policies: dict[str, Policy] = Field(default_factory=dict, description="Named guards.")
+    record: RecordOptions | None = None

@@ -17,7 +17,11 @@ a numeric string or a `timedelta`) or else the ``Retry-After`` header of ``exc.r
 HTTP date, taken relative to the wall clock and clamped at 0. A missing or unparseable hint is
 ignored. The sleep is ``max(min(hint, max_retry_after), backoff delay)``: a hint longer than
 ``max_retry_after`` waits ``max_retry_after`` and then retries (it does not give up), and the
-cap never shortens the backoff. Without ``max_retry_after`` only the deadline caps the hint.
+cap never shortens the backoff. Without ``max_retry_after`` a hint is capped at
+`DEFAULT_MAX_RETRY_AFTER` (5 minutes), so a server's ``Retry-After: 1e300`` can neither
+overflow a sleep nor hold a caller for ever; set ``max_retry_after`` to allow longer. Every
+sleep (backoff included: an uncapped decorrelated jitter grows threefold per retry) is also
+capped at `MAX_SLEEP` (365 days, the longest duration the format allows).
 
 Deadline: a sleep that is not strictly shorter than the time left (``remaining``) is refused
 (None): it could only end in a timeout, so the guard re-raises the last error at once instead.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, timedelta
@@ -41,9 +46,23 @@ from ._budget import RetryBudget
 from ._clock import Clock
 from ._matchers import Matcher, compile_matchers
 from ._models import RetryOptions, resolve_matchers
+from ._units import MAX_DURATION
 from .exceptions import RejectedError
 
-__all__ = ["NEVER_RETRIED", "RetryBudget", "RetryStrategy", "add_budget_note"]
+__all__ = [
+    "DEFAULT_MAX_RETRY_AFTER",
+    "MAX_SLEEP",
+    "NEVER_RETRIED",
+    "RetryBudget",
+    "RetryStrategy",
+    "add_budget_note",
+]
+
+DEFAULT_MAX_RETRY_AFTER = 300.0
+"""The longest a Retry-After hint may make one retry wait when the policy sets no
+``max_retry_after`` (seconds)."""
+MAX_SLEEP = MAX_DURATION
+"""No sleep between attempts is longer than this (seconds), whatever the hint or backoff."""
 
 NEVER_RETRIED: tuple[type[BaseException], ...] = (
     RejectedError,
@@ -103,7 +122,10 @@ def _seconds(value: object, wall_now: Callable[[], float]) -> float | None:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past the float range: as long a wait as any (capped)
+            seconds = sys.float_info.max if value > 0 else 0.0
     elif isinstance(value, str):
         text = value.strip()
         if not text:
@@ -199,7 +221,11 @@ class RetryStrategy:
             rng if rng is not None else random.Random(),
         )
         self._respect = options.respect_retry_after
-        self._max_retry_after = options.max_retry_after
+        self._max_retry_after = (
+            options.max_retry_after
+            if options.max_retry_after is not None
+            else DEFAULT_MAX_RETRY_AFTER
+        )
         self._wall_time = wall_time if wall_time is not None else time.time
         self._worst: float | None = None
 
@@ -231,18 +257,20 @@ class RetryStrategy:
     ) -> float | None:
         """The sleep before retry `retry_number`, or None: do not retry (it cannot fit).
 
-        ``max(min(hint, max_retry_after), delay)``; None when `remaining` (seconds left of the
-        total deadline; None for no deadline) is not more than that sleep.
+        ``max(min(hint, max_retry_after or DEFAULT_MAX_RETRY_AFTER), delay)``, at most
+        MAX_SLEEP; None when `remaining` (seconds left of the total deadline; None for no
+        deadline) is not more than that sleep.
         """
         wait = self._jitter(self._backoff(retry_number), previous)
         if self._respect:
             hint = self.retry_after_hint(exc)
             if hint is not None:
-                cap = self._max_retry_after
-                if cap is not None and hint > cap:
-                    hint = cap
+                if hint > self._max_retry_after:
+                    hint = self._max_retry_after
                 if hint > wait:
                     wait = hint
+        if not wait <= MAX_SLEEP:  # also a NaN from an overflowed jitter
+            wait = MAX_SLEEP
         if remaining is not None and wait >= remaining:
             return None
         return wait

@@ -1,8 +1,9 @@
 """`async with guard(name):` and `with guard(name):`: one attempt under the policy.
 
-A block is one attempt: the breaker admits it (or raises CircuitOpenError), the bulkhead gives it
-a slot, and in async code one timer bounds it at min(total, attempt). Retries and fallbacks need
-a callable to run again, so they apply to `call`, `call_sync` and the decorator only.
+A block is one attempt: the breaker admits it (or raises CircuitOpenError), the layers admit it,
+the bulkhead gives it a slot, and in async code one timer bounds it at min(total, attempt).
+Retries and fallbacks need a callable to run again, so they apply to `call`, `call_sync` and the
+decorator only. In observe mode the block is counted and the breaker fed, nothing enforced.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ._attempts import admit, count_full, wait_slot
+from ._lifecycle import Attempt
 from ._timeout import Deadline
-from .exceptions import BulkheadFullError, GuardTimeoutError
 
 if TYPE_CHECKING:
     from ._guard import Guard
@@ -21,103 +21,104 @@ __all__ = ["AttemptScope"]
 
 
 class AttemptScope:
-    __slots__ = ("_bulkhead", "_guard", "_limit", "_permit", "_started", "_t0", "_timer")
+    """The attempt of one `with` block: entered, then exited with the block's exception."""
+
+    __slots__ = ("_attempt", "_guard", "_limit", "_t0", "_wait")
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
-        self._permit = 0
-        self._bulkhead = False
-        self._timer: Deadline | None = None
-        limits = [x for x in (guard._total, guard._attempt) if x is not None]
+        self._attempt: Attempt | None = None
+        limits = [x for x in (guard.total, guard.attempt_timeout) if x is not None]
         self._limit = min(limits) if limits else None
-        self._started = 0.0
         self._t0 = 0.0
+        self._wait = 0.0  # what a layer asked the block to wait (a rate-limit token later)
 
-    def _admit(self) -> bool:
-        """Count the call and take a breaker permit; False in disabled mode (nothing to do)."""
+    def _admit(self) -> Attempt | None:
+        """Count the call, take a breaker permit and the layers'; None in disabled mode."""
         guard = self._guard
         if guard.mode == "disabled":
-            return False
+            return None
         guard.metrics.start()
+        attempt = Attempt(guard, 0)
         try:
-            self._permit = admit(guard, guard.breaker)
+            attempt.renew()
+            if guard.layers and guard.mode == "enforce":
+                self._wait = attempt.pass_layers(guard.clock.now(), self._limit)
         except BaseException:
             guard.metrics.finish(-1, 0.0)
             raise
-        self._started = guard._clock.now()
-        self._t0 = self._started
-        return True
+        self._t0 = attempt.started = guard.clock.now()
+        self._attempt = attempt
+        return attempt
 
-    def _unwind_admit(self) -> None:
-        guard = self._guard
-        if guard.breaker is not None:
-            guard.breaker.on_release(self._permit)
-        guard.metrics.finish(-1, 0.0)
+    def _unwind(self, attempt: Attempt, exc: BaseException) -> None:
+        attempt.give_back("rejected" if isinstance(exc, Exception) else "cancelled", exc)
+        self._guard.metrics.finish(-1, 0.0)
 
     async def enter_async(self, task: asyncio.Task[object] | None) -> None:
-        if not self._admit():
+        attempt = self._admit()
+        if attempt is None:
             return
         guard = self._guard
-        bulkhead = guard.bulkhead
-        if bulkhead is not None and guard.mode == "enforce":
-            loop = asyncio.get_running_loop()
+        if guard.mode != "enforce":
+            return
+        loop = asyncio.get_running_loop()
+        if self._wait > 0.0:
             try:
-                slot = bulkhead.enter(loop)
-                if slot is not None:
-                    await wait_slot(guard, bulkhead, slot, loop, None)
+                await guard.clock.sleep(self._wait)
             except BaseException as exc:
-                self._unwind_admit()
-                if isinstance(exc, BulkheadFullError):
-                    count_full(guard)
+                self._unwind(attempt, exc)
                 raise
-        self._bulkhead = bulkhead is not None and guard.mode == "enforce"
-        if self._limit is not None and task is not None and guard.mode == "enforce":
-            loop = asyncio.get_running_loop()
-            self._timer = Deadline.at(loop, task, loop.time() + self._limit)
+        try:
+            future = attempt.enter(loop)
+            if future is not None:
+                await attempt.wait_slot(future, loop, None)
+        except BaseException:
+            guard.metrics.finish(-1, 0.0)  # the attempt gave everything back itself
+            raise
+        if self._limit is not None and task is not None:
+            attempt.timer = Deadline.at(loop, task, loop.time() + self._limit)
 
     def enter_sync(self) -> None:
-        if not self._admit():
+        attempt = self._admit()
+        if attempt is None:
             return
         guard = self._guard
+        if self._wait > 0.0:
+            try:
+                guard.clock.sleep_sync(self._wait)
+            except BaseException as exc:
+                self._unwind(attempt, exc)
+                raise
         bulkhead = guard.bulkhead
         if bulkhead is not None and guard.mode == "enforce":
             try:
                 bulkhead.acquire_sync(None)
-            except BaseException:
-                self._unwind_admit()
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    guard.count_rejection("bulkhead_full")
+                self._unwind(attempt, exc)
                 raise
-            self._bulkhead = True
+            attempt.slot = True
 
     def exit(self, exc: BaseException | None) -> bool:
         """Record the outcome; raises GuardTimeoutError when our timer cut the block short."""
-        guard = self._guard
-        if guard.mode == "disabled":
+        attempt = self._attempt
+        if attempt is None:
             return False
-        if self._bulkhead and guard.bulkhead is not None:
-            guard.bulkhead.release()
-        duration = guard._clock.now() - self._started
-        breaker = guard.breaker
-        timer = self._timer
-        error = exc
-        if timer is not None:
-            if not isinstance(exc, asyncio.CancelledError):
-                timer.disarm()
-            elif timer.expired():
-                error = GuardTimeoutError(guard.name, "attempt", self._limit or 0.0)
-                guard.metrics.count("timeouts")
-        if error is None:
-            if breaker is not None:
-                breaker.on_success(self._permit, duration)
+        guard = self._guard
+        now = guard.clock.now()
+        duration = now - self._t0
+        if exc is None:
+            attempt.succeeded()
             guard.metrics.finish(1, duration)
             return False
+        total = self._limit is not None and self._limit == guard.total
+        error = attempt.failed(exc, total, 1, now)
         if not isinstance(error, Exception):
-            if breaker is not None:
-                breaker.on_release(self._permit)
             guard.metrics.finish(-1, duration)
             return False
-        if breaker is not None:
-            breaker.on_failure(self._permit, error, duration)
-        guard.metrics.finish(0, duration)
+        guard.metrics.finish(-1 if guard.ignores(error) else 0, duration)
         if error is not exc:
             raise error from None
         return False

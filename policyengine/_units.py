@@ -10,7 +10,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, PlainSerializer, ValidationInfo, WithJsonSchema
 
 __all__ = ["Duration", "Ratio", "format_duration", "parse_duration", "parse_ratio"]
 
@@ -24,15 +24,43 @@ DURATION_PATTERN = r"^(?:\d+(?:\.\d+)?(?:ms|us|µs|s|m|h|d))+$"
 """The same grammar as a JSON Schema pattern (no capture groups), for editors."""
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from a duration string; a clear ValueError (with the fix) for anything else."""
+TYPICAL: dict[str, tuple[float, float]] = {
+    "total": (0.1, 600.0),
+    "attempt": (0.01, 120.0),
+    "initial_delay": (0.001, 10.0),
+    "max_delay": (0.01, 600.0),
+    "max_retry_after": (1.0, 3600.0),
+    "window_duration": (1.0, 3600.0),
+    "open_duration": (0.1, 3600.0),
+    "slow_call_duration": (0.01, 60.0),
+    "half_open_max_wait": (0.1, 600.0),
+    "max": (1.0, 86400.0),
+    "max_wait": (0.001, 120.0),
+    "timeout": (0.001, 5.0),
+    "idle_ttl": (1.0, 86400.0),
+    "min_delay": (0.001, 10.0),
+    "delay": (0.001, 10.0),
+    "window": (1.0, 3600.0),
+    "over": (60.0, 86400.0),
+    "for": (60.0, 86400.0),
+}
+"""The range (seconds) a key's value usually lies in: a bare number's hint suggests the unit
+that puts it there (``initial_delay = 100`` -> ``"100ms"``, ``open_duration = 30`` -> ``"30s"``),
+or both when either could be meant."""
+
+
+def parse_duration(value: object, key: str | None = None) -> float:
+    """Seconds from a duration string; a clear ValueError (with the fix) for anything else.
+    `key` (the field name) lets a bare number's hint suggest the unit that fits it."""
     if isinstance(value, bool):
         raise ValueError(f'a duration is a string with a unit such as "2s", not {value!r}')
     if isinstance(value, int | float):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f'a duration is a string with a unit such as "2s", not {value!r}')
-        hint = _number_hint(value)
-        raise ValueError(f'a duration needs a unit: write "{hint}" instead of {value!r}')
+        hints = number_hints(value, key)
+        shown = " or ".join(f'"{h}"' for h in hints)
+        either = " (seconds or milliseconds: whichever you meant)" if len(hints) > 1 else ""
+        raise ValueError(f"a duration needs a unit: write {shown} instead of {value!r}{either}")
     if not isinstance(value, str):
         raise ValueError(f'a duration is a string with a unit such as "2s", not {value!r}')
     text = value.strip().replace(" ", "")
@@ -48,12 +76,41 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-def _number_hint(value: float) -> str:
+def _as_seconds(value: float) -> str:
     if value == int(value):
         return f"{int(value)}s"
     if value < 1:
         return f"{format_number(value * 1000)}ms"
     return f"{format_number(value)}s"
+
+
+def _off(seconds: float, low: float, high: float) -> float:
+    """How far (in orders of magnitude) `seconds` lies outside [low, high]; 0 inside."""
+    if seconds <= 0:
+        return 0.0 if low <= 0 else math.inf
+    return max(0.0, math.log10(low / seconds), math.log10(seconds / high))
+
+
+def number_hints(value: float, key: str | None = None) -> list[str]:
+    """What to write instead of the bare number `value`: ``["2s"]``, or for a key whose values
+    are usually milliseconds ``["100ms"]``, or ``["5ms", "5s"]`` (likelier first) when both
+    are plausible for `key` (see `TYPICAL`)."""
+    if value == 0:
+        return ["0s"]
+    typical = TYPICAL.get(key or "")
+    as_seconds = _as_seconds(value)
+    if typical is None:
+        return [as_seconds]
+    as_ms = f"{format_number(value)}ms"
+    off_s, off_ms = _off(value, *typical), _off(value / 1000, *typical)
+    if off_s == off_ms == 0:
+        centre = math.sqrt(typical[0] * typical[1])
+        ranked = sorted(
+            ((as_ms, value / 1000), (as_seconds, value)),
+            key=lambda c: abs(math.log10(c[1] / centre)),
+        )
+        return [text for text, _ in ranked]
+    return [as_ms] if off_ms < off_s else [as_seconds]
 
 
 def format_number(value: float) -> str:
@@ -105,8 +162,8 @@ def parse_ratio(value: object) -> float:
     return ratio
 
 
-def _duration_in(value: Any) -> float:
-    return parse_duration(value)
+def _duration_in(value: Any, info: ValidationInfo) -> float:
+    return parse_duration(value, info.field_name)
 
 
 def _ratio_in(value: Any) -> float:

@@ -1,4 +1,5 @@
-"""Watcher: re-read the policy files when they change, from a daemon thread.
+"""Watcher: re-read the policy files when they change; here the parts both watchers share, and
+the thread watcher of programs without an asyncio loop (the loop's own is `_loopwatch`).
 
 Why the parent directory, not the file: editors and deploy tools save by writing a temporary
 file and renaming it over the old one (an atomic replace). A watch on the file itself follows
@@ -16,6 +17,10 @@ directory is watched there too. A slow periodic re-read (`backstop`) catches wha
 (some network file systems). Polling is used when `force_polling` is true, or when it is None
 and `WATCHFILES_FORCE_POLLING` is set (as in `watchfiles`); `WATCHFILES_POLL_DELAY_MS`
 overrides `poll_interval`.
+
+Which watcher: an engine bound to an asyncio loop (`load()` called inside a running loop, or
+`engine.bind(loop)`) watches on the loop (`_loopwatch.LoopWatcher`: inotify read by the loop, no
+thread racing a busy loop for the GIL). Otherwise `Watcher` below: a daemon thread.
 
 The thread runs watchfiles' `RustNotify` (the engine behind `watchfiles.watch`) with a
 `threading.Event` as its stop event, so it needs no asyncio loop and `stop()` returns within
@@ -45,7 +50,7 @@ from ._fork import abandon
 if TYPE_CHECKING:
     from ._engine import Engine
 
-__all__ = ["Watcher"]
+__all__ = ["WatchBase", "Watcher"]
 
 logger = logging.getLogger("policyengine")
 
@@ -65,14 +70,16 @@ def _env_poll_delay_ms(default: int) -> int:
     return int(value) if value.isdecimal() else default
 
 
-class Watcher:
-    """Watches the directory holding `path` and reloads `engine` when its files change.
+class WatchBase:
+    """What both watchers share: options, what to watch, what counts as a change.
 
     `debounce_ms` / `step_ms` group a burst of events into one look (watchfiles semantics: a look
     happens `step_ms` after the last event, at most `debounce_ms` after the first). `settle` is
     how long a look that finds an invalid (or suddenly empty) set waits for a save still under way
     before it reports the failure. `backstop` seconds (0: never) between periodic re-reads.
     """
+
+    on_loop = False
 
     def __init__(
         self,
@@ -97,22 +104,79 @@ class Watcher:
         self.backstop = backstop
         self.settle = settle
         self.looks = 0  # re-reads done (events, backstop and start-up), for tests and status
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._notify: RustNotify | None = None
         self._last_look = time.monotonic()
         self._target = str(self.path)  # what the file resolves to (set when the watch opens)
+
+    def _alive(self) -> bool:
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """What is watched and how, for `Engine.status()`."""
         return {
             "directory": str(self.directory),
+            "on": "loop" if self.on_loop else "thread",
             "polling": self.polling,
             "poll_interval": self.poll_delay_ms / 1000 if self.polling else None,
             "backstop": self.backstop or None,
-            "alive": self._thread is not None and self._thread.is_alive(),
+            "alive": self._alive(),
             "looks": self.looks,
         }
+
+    def _linked_directory(self) -> Path | None:
+        """Where a policy file that is a symlink into another directory really lives (its
+        saves happen there, not in ours); None for a plain file or a link within our
+        directory (a ConfigMap's ``..data``, already covered)."""
+        if self.is_dir:
+            return None
+        target = Path(os.path.realpath(self.path)).parent
+        if target == self.directory or target.is_relative_to(self.directory):
+            return None
+        return target
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """Identity, size and times of the files (symlinks followed, so a ConfigMap swap shows)."""
+        directory = str(self.directory)
+        names = [self.path.name]
+        if self.is_dir:
+            try:
+                names = sorted(n for n in os.listdir(directory) if n.endswith(".toml"))
+            except OSError:
+                return ()
+        out: list[tuple[Any, ...]] = []
+        for name in names:
+            try:
+                st = os.stat(os.path.join(directory, name))
+            except OSError:
+                out.append((name,))
+                continue
+            out.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(out)
+
+    def _relevant(self, changed: str) -> bool:
+        """Does an event on `changed` (a path in the directory) concern the policies?"""
+        name = os.path.basename(changed)
+        if name.startswith(".."):  # ConfigMap: `..data`, `..data_tmp`, `..2026_01_01_...`
+            return True
+        if os.path.dirname(changed) != str(self.directory):  # the linked file's directory
+            return os.path.basename(self._target) == name
+        return name.endswith(".toml") if self.is_dir else name == self.path.name
+
+    def _backstop_due(self) -> bool:
+        return self.backstop > 0 and time.monotonic() - self._last_look >= self.backstop
+
+
+class Watcher(WatchBase):
+    """Watches the directory holding `path` from a thread and reloads `engine` when its files
+    change (see `WatchBase` for the options)."""
+
+    def __init__(self, engine: Engine, path: str | os.PathLike[str], **options: Any) -> None:
+        super().__init__(engine, path, **options)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._notify: RustNotify | None = None
+
+    def _alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     # ----------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -154,17 +218,6 @@ class Watcher:
         return True
 
     # ---------------------------------------------------------------- loop
-    def _linked_directory(self) -> Path | None:
-        """Where a policy file that is a symlink into another directory really lives (its
-        saves happen there, not in ours); None for a plain file or a link within our
-        directory (a ConfigMap's ``..data``, already covered)."""
-        if self.is_dir:
-            return None
-        target = Path(os.path.realpath(self.path)).parent
-        if target == self.directory or target.is_relative_to(self.directory):
-            return None
-        return target
-
     def _open(self) -> RustNotify | None:
         """A notifier on the directory; None if the directory does not exist now (retried), or
         if notifications are unavailable (e.g. the inotify watch limit): then poll instead."""
@@ -191,7 +244,7 @@ class Watcher:
                     seen = self._poll_once(seen)
                 else:
                     self._wait_for_events()
-        except Exception:
+        except BaseException:  # nothing may end the watch silently
             logger.exception("policyengine: the watcher of %s stopped", self.path)
         finally:
             notify, self._notify = self._notify, None
@@ -228,34 +281,6 @@ class Watcher:
             self._look()
         return now
 
-    def _fingerprint(self) -> tuple[Any, ...]:
-        """Identity, size and times of the files (symlinks followed, so a ConfigMap swap shows)."""
-        directory = str(self.directory)
-        names = [self.path.name]
-        if self.is_dir:
-            try:
-                names = sorted(n for n in os.listdir(directory) if n.endswith(".toml"))
-            except OSError:
-                return ()
-        out: list[tuple[Any, ...]] = []
-        for name in names:
-            try:
-                st = os.stat(os.path.join(directory, name))
-            except OSError:
-                out.append((name,))
-                continue
-            out.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-        return tuple(out)
-
-    def _relevant(self, changed: str) -> bool:
-        """Does an event on `changed` (a path in the directory) concern the policies?"""
-        name = os.path.basename(changed)
-        if name.startswith(".."):  # ConfigMap: `..data`, `..data_tmp`, `..2026_01_01_...`
-            return True
-        if os.path.dirname(changed) != str(self.directory):  # the linked file's directory
-            return os.path.basename(self._target) == name
-        return name.endswith(".toml") if self.is_dir else name == self.path.name
-
     def _timeout_ms(self) -> int:
         """Wait for events at most until the next backstop re-read (0: no limit)."""
         if self.backstop <= 0:
@@ -263,14 +288,11 @@ class Watcher:
         left = self._last_look + self.backstop - time.monotonic()
         return max(1, int(left * 1000))
 
-    def _backstop_due(self) -> bool:
-        return self.backstop > 0 and time.monotonic() - self._last_look >= self.backstop
-
     def _look(self) -> None:
         """Re-read and apply if the content changed; a failure is reported once, never raised."""
         self._last_look = time.monotonic()
         self.looks += 1
         try:
             self.engine.reload(settle=self.settle)
-        except Exception:
+        except BaseException:  # nothing a reload raises may end the watch
             logger.exception("policyengine: reloading %s failed unexpectedly", self.path)

@@ -10,14 +10,26 @@ Both windows keep running sums, read as plain attributes: `calls`, `failures`, `
   `duration - width` and `duration` seconds: the resolution is one bucket.
 
 Neither is thread-safe on its own: the breaker calls them under its lock.
+
+Both store raw machine integers (a `bytearray` ring, `array` buckets), not lists of Python ints:
+a keyed policy keeps one window per key, and a list of 100 slots alone is 856 bytes.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable
 
 __all__ = ["CountWindow", "TimeWindow", "Window"]
+
+
+_EMPTY = 255
+_EMPTY_BYTE = bytes([_EMPTY])
+
+
+def _zeros(n: int) -> array[int]:
+    return array("I", bytes(4 * n))  # unsigned 32-bit counts: a bucket never holds 4e9 calls
 
 
 class CountWindow:
@@ -30,8 +42,8 @@ class CountWindow:
         self.reset()
 
     def reset(self) -> None:
-        # Each slot holds failed | slow << 1, or -1 while empty.
-        self._buf = [-1] * self._size
+        # Each slot holds failed | slow << 1, or _EMPTY while empty.
+        self._buf = bytearray(_EMPTY_BYTE) * self._size
         self._next = 0
         self.calls = 0
         self.failures = 0
@@ -44,7 +56,7 @@ class CountWindow:
         i = self._next
         buf = self._buf
         old = buf[i]
-        if old < 0:
+        if old == _EMPTY:
             self.calls += 1
         else:
             self.failures -= old & 1
@@ -80,9 +92,9 @@ class TimeWindow:
 
     def reset(self) -> None:
         n = self._n
-        self._b_calls = [0] * n
-        self._b_failures = [0] * n
-        self._b_slow = [0] * n
+        self._b_calls = _zeros(n)
+        self._b_failures = _zeros(n)
+        self._b_slow = _zeros(n)
         self._head = self._epoch()
         self.calls = 0
         self.failures = 0
@@ -101,9 +113,9 @@ class TimeWindow:
         head = self._head
         n = self._n
         if epoch - head >= n:
-            self._b_calls = [0] * n
-            self._b_failures = [0] * n
-            self._b_slow = [0] * n
+            self._b_calls = _zeros(n)
+            self._b_failures = _zeros(n)
+            self._b_slow = _zeros(n)
             self.calls = self.failures = self.slow = 0
         else:
             calls, failures, slow = self._b_calls, self._b_failures, self._b_slow

@@ -8,7 +8,9 @@ Hierarchy::
     │   ├── UnknownGuardError (LookupError)      no policy of that name; lists the known ones
     │   └── RejectedError                        the guard refused the call without running it
     │       ├── CircuitOpenError                 breaker open (`.guard`, `.retry_after`)
-    │       └── BulkheadFullError                no slot and no room (or time) to wait
+    │       ├── BulkheadFullError                no slot and no room (or time) to wait
+    │       ├── RateLimitedError                 no token in time (`.retry_after`)
+    │       └── ThrottledError                   adaptive throttling shed the attempt
     └── TimeoutError
         └── GuardTimeoutError (PolicyEngineError)  a total or attempt deadline of the guard passed
 
@@ -27,7 +29,9 @@ __all__ = [
     "PolicyEngineError",
     "PolicyIssue",
     "PolicyValidationError",
+    "RateLimitedError",
     "RejectedError",
+    "ThrottledError",
     "UnknownGuardError",
 ]
 
@@ -159,6 +163,78 @@ class BulkheadFullError(RejectedError):
         return (
             f"bulkhead {self.guard!r} is full "
             f"({self.max_concurrent} running, queue of {self.max_queue})"
+        )
+
+
+class RateLimitedError(RejectedError):
+    """No rate-limit token within `max_wait` (or the deadline), or the limiter is paused.
+
+    `RateLimitedError(guard, retry_after)`: `retry_after` is the seconds until a token would be
+    free for a caller that does not wait. Raised on every refused call of a busy service, so it
+    is built by `Exception`'s own C constructor, like `CircuitOpenError`.
+    """
+
+    reason = "rate_limited"
+
+    if TYPE_CHECKING:
+
+        def __init__(self, guard: str, retry_after: float) -> None: ...
+
+    else:
+        __init__ = Exception.__init__
+
+    @property
+    def guard(self) -> str:
+        """The guard's name."""
+        return str(self.args[0])
+
+    @guard.setter
+    def guard(self, value: str) -> None:
+        self.args = (value, *self.args[1:])
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until a token is free (0.0 if one may already be)."""
+        seconds = float(self.args[1]) if len(self.args) > 1 else 0.0
+        return seconds if seconds > 0.0 else 0.0
+
+    def __str__(self) -> str:
+        return f"guard {self.guard!r} is rate limited; retry after {self.retry_after:.3f}s"
+
+
+class ThrottledError(RejectedError):
+    """Client-side adaptive throttling shed the attempt: the dependency has been refusing work.
+
+    `ThrottledError(guard, probability)`: `probability` is the rejection probability in force.
+    """
+
+    reason = "throttled"
+
+    if TYPE_CHECKING:
+
+        def __init__(self, guard: str, probability: float) -> None: ...
+
+    else:
+        __init__ = Exception.__init__
+
+    @property
+    def guard(self) -> str:
+        """The guard's name."""
+        return str(self.args[0])
+
+    @guard.setter
+    def guard(self, value: str) -> None:
+        self.args = (value, *self.args[1:])
+
+    @property
+    def probability(self) -> float:
+        """The share of attempts being rejected when this one was."""
+        return float(self.args[1]) if len(self.args) > 1 else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"guard {self.guard!r} throttled the call (the dependency is refusing work; "
+            f"rejecting {self.probability:.0%} of attempts)"
         )
 
 

@@ -1,4 +1,5 @@
-"""Guard every request of an httpx client with a named policy (extra ``policyengine[httpx]``)::
+"""Guard every request of an httpx client with a named policy (``pip install
+"resilience-policyengine[httpx]"``)::
 
     from policyengine.httpx import GuardedTransport, GuardedSyncTransport
 
@@ -25,12 +26,22 @@ What a request goes through:
   Transport errors (``httpx.ConnectError``...) are re-raised as they are. The guard's own
   errors (`CircuitOpenError`, `BulkheadFullError`, `GuardTimeoutError`) propagate as they are.
 - Only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; or `retry_methods`) and
-  requests with an ``Idempotency-Key`` header are retried, and only when their body can be sent
-  again (not a generator or a multipart upload). Any other request makes a single attempt under
-  the breaker, the bulkhead and the timeouts (as ``async with guard:``) without retry or
-  fallback.
-- A fallback must give an `httpx.Response` (a handler that builds one); any other value raises
-  `TypeError`, since a transport can only return a response.
+  requests with an ``Idempotency-Key`` header are retried or hedged, and only when their body
+  can be sent again (not a generator or a multipart upload). Any other request makes a single
+  attempt under the breaker, the bulkhead and the timeouts (as ``async with guard:``) without
+  retry, hedging or fallback.
+- A fallback must give an `httpx.Response` (a handler that builds one), since a transport can
+  only return a response. A transport **refuses** a policy whose fallback cannot: a
+  ``fallback.value``, or a handler annotated to return something else (``-> dict``). At
+  creation that is an `UnusableFallbackError` (for every guard a name, handle or host mapping
+  names; a callable `guard` is checked at each guard's first request). A reload cannot be
+  vetoed by one client, so a reload to such a policy is reported instead, at the first request
+  under it: one ERROR log line and a ``fallback_unusable`` event (data ``problem``); requests
+  keep flowing, and if that fallback is then used, the request fails with
+  `UnusableFallbackError` naming the policy and the fix (a plain `TypeError` before).
+- A policy with `[partition]` is keyed by the request URL's authority (``host``, or
+  ``host:port`` when the URL names a port; never the user info): every host gets its own
+  breaker, so one sick host does not open the circuit for the others.
 """
 
 from __future__ import annotations
@@ -41,6 +52,9 @@ from typing import TYPE_CHECKING, TypeAlias
 import httpx
 
 from ._handle import GuardHandle
+from ._http_fallback import UnusableFallbackError, bound, report_unusable
+from ._http_fallback import fallback_problem as _fallback_problem
+from ._keyed_handle import KeyedHandle, partition_of
 from ._matchers import Matcher
 from ._models import resolve_matchers
 
@@ -54,6 +68,8 @@ __all__ = [
     "GuardedSyncTransport",
     "GuardedTransport",
     "RetryableStatusError",
+    "UnusableFallbackError",
+    "fallback_problem",
 ]
 
 DEFAULT_RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -77,6 +93,11 @@ class RetryableStatusError(httpx.HTTPStatusError):
             request=request,
             response=response,
         )
+
+
+def fallback_problem(guard: Guard) -> str | None:
+    """Why `guard`'s fallback cannot give this transport its `httpx.Response`, or None."""
+    return _fallback_problem(guard, httpx.Response, "an httpx transport")
 
 
 def _replayable(response: httpx.Response, raw: bytes, request: httpx.Request) -> httpx.Response:
@@ -149,7 +170,14 @@ class _Guarding:
         )
         self._explicit = None if retry_statuses is None else frozenset(retry_statuses)
         self._rules: dict[GuardHandle, _StatusRule] = {}
+        self._unusable: dict[GuardHandle, str] = {}  # handle -> problem of the guard in force
         self._resolve = self._resolver(guard)
+        self._checked = set(bound(self._static))
+        for handle in self._checked:  # refuse at creation: a configuration error, said at once
+            problem = fallback_problem(handle.current())
+            if problem is not None:
+                raise UnusableFallbackError(problem)
+            self._rule(handle)
 
     def _handle(self, ref: GuardRef) -> GuardHandle:
         if isinstance(ref, GuardHandle):
@@ -161,11 +189,14 @@ class _Guarding:
         return guard(ref)
 
     def _resolver(self, spec: GuardSpec) -> Callable[[httpx.Request], GuardHandle | None]:
+        self._static: list[GuardHandle] = []  # the handles known before any request
         if isinstance(spec, str | GuardHandle):
             handle = self._handle(spec)
+            self._static = [handle]
             return lambda _request: handle
         if isinstance(spec, Mapping):
             hosts = {key.lower(): self._handle(ref) for key, ref in spec.items()}
+            self._static = list(hosts.values())
             any_host = hosts.get("*")
 
             def by_host(request: httpx.Request) -> GuardHandle | None:
@@ -192,24 +223,46 @@ class _Guarding:
         rule = self._rules.get(handle)
         if rule is None or rule.guard is not guard:
             rule = self._rules[handle] = _StatusRule(guard, self._explicit)
+            self._check_fallback(handle, guard, first=rule is None)
         return rule
 
+    @staticmethod
+    def _keyed(
+        handle: GuardHandle, rule: _StatusRule, request: httpx.Request
+    ) -> GuardHandle | KeyedHandle:
+        """A partitioned policy's handle on the request's authority (see the module)."""
+        if partition_of(rule.guard) is None:
+            return handle
+        url = request.url
+        return handle.key(url.host if url.port is None else f"{url.host}:{url.port}")
+
+    def _check_fallback(self, handle: GuardHandle, guard: Guard, *, first: bool) -> None:
+        """A new guard version (a reload, or a guard a callable spec chose): say at once when
+        its fallback cannot give a response; never fail the request for it."""
+        problem = fallback_problem(guard)
+        if problem is None:
+            self._unusable.pop(handle, None)
+            return
+        self._unusable[handle] = problem
+        if not (first and handle in self._checked):  # else the constructor raises
+            report_unusable(handle, problem, "httpx transport")
+
     def _single_attempt(self, request: httpx.Request, guard: Guard) -> bool:
-        """True when the request must not be retried (and the policy would retry)."""
-        if guard.max_attempts <= 1 or guard.mode != "enforce":
+        """True when the request must not be retried or hedged (and the policy would)."""
+        if (guard.max_attempts <= 1 and guard.hedge is None) or guard.mode != "enforce":
             return False
         if request.method.upper() not in self._methods and "idempotency-key" not in request.headers:
             return True
         return not isinstance(request.stream, httpx.ByteStream)
 
-    @staticmethod
-    def _response(result: object, handle: GuardHandle) -> httpx.Response:
+    def _response(self, result: object, handle: GuardHandle) -> httpx.Response:
         if isinstance(result, httpx.Response):
             return result
-        raise TypeError(
+        problem = self._unusable.get(handle) or (
             f"guard {handle.name!r} gave a fallback {type(result).__name__} where the transport "
             "needs an httpx.Response: use a fallback handler that returns one, or no fallback"
         )
+        raise UnusableFallbackError(problem)
 
 
 class GuardedTransport(_Guarding, httpx.AsyncBaseTransport):
@@ -246,11 +299,12 @@ class GuardedTransport(_Guarding, httpx.AsyncBaseTransport):
         if handle is None:
             return await self._transport.handle_async_request(request)
         rule = self._rule(handle)
+        target = self._keyed(handle, rule, request)
         try:
             if self._single_attempt(request, rule.guard):
-                async with handle:
+                async with target:
                     return await self._attempt(request, rule)
-            result = await handle.call(self._attempt, request, rule)
+            result = await target.call(self._attempt, request, rule)
         except RetryableStatusError as exc:
             return exc.response
         return self._response(result, handle)
@@ -293,11 +347,12 @@ class GuardedSyncTransport(_Guarding, httpx.BaseTransport):
         if handle is None:
             return self._transport.handle_request(request)
         rule = self._rule(handle)
+        target = self._keyed(handle, rule, request)
         try:
             if self._single_attempt(request, rule.guard):
-                with handle:
+                with target:
                     return self._attempt(request, rule)
-            result = handle.call_sync(self._attempt, request, rule)
+            result = target.call_sync(self._attempt, request, rule)
         except RetryableStatusError as exc:
             return exc.response
         return self._response(result, handle)

@@ -1,4 +1,4 @@
-"""OpenTelemetry metrics for every guard of an engine (extra ``policyengine[otel]``)::
+"""OpenTelemetry metrics for every guard of an engine (extra ``resilience-policyengine[otel]``)::
 
     from policyengine.otel import instrument
 
@@ -23,6 +23,14 @@ guards' own counters when the SDK collects, so the guarded call pays nothing for
                                                                 4 disabled)
 ``resilience.policyengine.call.duration`` counters ``.sum`` (s), ``.count`` and ``.bucket``
                                           (cumulative, attribute ``le``, last ``"+Inf"``)
+``resilience.policyengine.key.state``     gauge                 ``guard.name``, ``key``: keyed
+                                                                guards, ``keys_per_guard`` keys
+                                                                (open first), the rest folded
+                                                                into ``key="other"``
+``resilience.policyengine.keys``          gauge                 ``guard.name``, ``key.state``: keys
+                                                                kept, by state
+``resilience.policyengine.keys.would_trip`` counter             ``guard.name``: trips past
+                                                                ``max_open_ratio``, observed
 ``resilience.policyengine.reloads``       counter               ``reload.result``
 ``resilience.policyengine.policy.version`` gauge (always 1)     ``policy.version``
 ========================================  ====================  ================================
@@ -38,20 +46,23 @@ recording each call into a synchronous one would put a cost on every call.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
 
+from ._keyed_export import KEYS_SHOWN, key_counts, key_states, would_trips
 from ._metrics import STATE_VALUES
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._guard import Guard
+    from ._snapshot import GuardSnapshot
 
 __all__ = ["EVENTS", "STATE_VALUES", "Instrumentation", "instrument"]
 
 
 # event.name -> (severity, how to read it from a metrics snapshot)
-EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
+EVENTS: dict[str, tuple[str, Callable[[GuardSnapshot], int]]] = {
     "OnRetry": ("Warning", lambda m: m["retries"]),
     "OnTimeout": ("Error", lambda m: m["timeouts"]),
     "OnFallback": ("Warning", lambda m: m["fallbacks"]),
@@ -63,6 +74,7 @@ EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
     "OnWouldTimeout": ("Information", lambda m: m["observed"]["would_timeout"]),
 }
 
+_INF = float("inf")
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
@@ -70,10 +82,16 @@ class Instrumentation:
     """The instruments `instrument()` created. `close()` makes them report nothing more
     (OpenTelemetry cannot unregister an instrument)."""
 
-    def __init__(self, engine: Engine | None, meter_provider: MeterProvider | None) -> None:
+    def __init__(
+        self,
+        engine: Engine | None,
+        meter_provider: MeterProvider | None,
+        keys_per_guard: int = KEYS_SHOWN,
+    ) -> None:
         from . import __version__
 
         self._engine = engine
+        self._keys_shown = keys_per_guard
         self.closed = False
         provider = meter_provider if meter_provider is not None else get_meter_provider()
         meter = provider.get_meter("policyengine", __version__)
@@ -102,6 +120,9 @@ class Instrumentation:
                 "{call}",
                 "Calls that took at most `le` seconds (cumulative).",
             ),
+            gauge(f"{p}.key.state", [self._key_state], "1", "Keyed guards: a key's state."),
+            gauge(f"{p}.keys", [self._keys], "{key}", "Keyed guards: keys kept, by key.state."),
+            counter(f"{p}.keys.would_trip", [self._would_trip], "{trip}", "Trips only observed."),
             counter(f"{p}.reloads", [self._reloads], "{reload}", "Reloads, by reload.result."),
             gauge(f"{p}.policy.version", [self._version], "1", "The policies in force (1)."),
         ]
@@ -118,7 +139,7 @@ class Instrumentation:
         self.closed = True
 
     # ------------------------------------------------------------ callbacks
-    def _guards(self) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
+    def _guards(self) -> Iterator[tuple[dict[str, str], GuardSnapshot]]:
         if self.closed:
             return
         for name, guard in sorted(self.engine.guards.items()):
@@ -130,8 +151,8 @@ class Instrumentation:
 
     def _calls(self, _: CallbackOptions) -> Iterator[Observation]:
         for attrs, m in self._guards():
-            for outcome, key in (("success", "successes"), ("failure", "failures")):
-                yield Observation(m[key], {**attrs, "call.outcome": outcome})
+            yield Observation(m["successes"], {**attrs, "call.outcome": "success"})
+            yield Observation(m["failures"], {**attrs, "call.outcome": "failure"})
             yield Observation(m["ignored"], {**attrs, "call.outcome": "ignored"})
 
     def _events(self, _: CallbackOptions) -> Iterator[Observation]:
@@ -166,8 +187,31 @@ class Instrumentation:
             seen = 0
             for bound, count in m["duration"]["buckets"]:
                 seen += count
-                yield Observation(seen, {**attrs, "le": repr(float(bound))})
+                if bound != _INF:  # the snapshot's last bucket is +Inf: one "+Inf", below
+                    yield Observation(seen, {**attrs, "le": repr(float(bound))})
             yield Observation(m["duration"]["count"], {**attrs, "le": "+Inf"})
+
+    def _partitioned(self) -> Iterator[tuple[dict[str, str], Guard, int]]:
+        if self.closed:
+            return
+        for name, guard in sorted(self.engine.guards.items()):
+            trips = would_trips(guard)
+            if trips is not None:
+                yield {"guard.name": name}, guard, trips
+
+    def _key_state(self, _: CallbackOptions) -> Iterator[Observation]:
+        for attrs, guard, _trips in self._partitioned():
+            for key, value in key_states(guard, self._keys_shown):
+                yield Observation(value, {**attrs, "key": key})
+
+    def _keys(self, _: CallbackOptions) -> Iterator[Observation]:
+        for attrs, guard, _trips in self._partitioned():
+            for state, count in key_counts(guard).items():
+                yield Observation(count, {**attrs, "key.state": state})
+
+    def _would_trip(self, _: CallbackOptions) -> Iterator[Observation]:
+        for attrs, _guard, trips in self._partitioned():
+            yield Observation(trips, attrs)
 
     def _reloads(self, _: CallbackOptions) -> Iterator[Observation]:
         if self.closed:
@@ -183,8 +227,12 @@ class Instrumentation:
 
 
 def instrument(
-    engine: Engine | None = None, meter_provider: MeterProvider | None = None
+    engine: Engine | None = None,
+    meter_provider: MeterProvider | None = None,
+    *,
+    keys_per_guard: int = KEYS_SHOWN,
 ) -> Instrumentation:
     """Create the observable instruments for `engine` (None: the default engine, read at each
-    collection) on `meter_provider` (None: the global one). Call once per engine and provider."""
-    return Instrumentation(engine, meter_provider)
+    collection) on `meter_provider` (None: the global one). Call once per engine and provider.
+    `keys_per_guard`: keys of a partitioned policy shown one by one (the rest as "other")."""
+    return Instrumentation(engine, meter_provider, keys_per_guard)

@@ -1,5 +1,5 @@
 """Prometheus metrics for every guard of an engine, read from the guards' own counters at scrape
-time (extra ``policyengine[prometheus]``)::
+time (extra ``resilience-policyengine[prometheus]``)::
 
     from prometheus_client import REGISTRY
     from policyengine.prometheus import PolicyEngineCollector
@@ -32,6 +32,14 @@ Metrics (every guard metric carries a ``guard`` label):
                                                             and queueing included; a call an
                                                             open circuit turns away at once is
                                                             not timed)
+``policyengine_key_state{key}``                 gauge       partitioned policies: the state of at
+                                                            most ``keys_per_guard`` keys (open
+                                                            ones first), the rest folded into
+                                                            ``key="other"`` (their highest state)
+``policyengine_keys{state}``                    gauge       partitioned policies: keys kept, by
+                                                            state
+``policyengine_keys_would_trip_total``          counter     trips past ``max_open_ratio``, only
+                                                            observed
 ``policyengine_reloads_total{result}``          counter     ``success`` / ``failure`` (no guard
                                                             label)
 ``policyengine_policy_version_info{version}``   info        content hash of the policies in force
@@ -43,7 +51,7 @@ a registry when one is given another ``prefix``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -54,24 +62,34 @@ from prometheus_client.core import (
 )
 from prometheus_client.metrics_core import Metric
 
+from ._keyed_export import KEYS_SHOWN, key_counts, key_states, would_trips
 from ._metrics import STATE_VALUES
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._guard import Guard
 
 __all__ = ["STATE_VALUES", "PolicyEngineCollector"]
 
 
 _REASONS = ("circuit_open", "bulkhead_full", "budget_exhausted")
 _OBSERVED = ("would_reject", "would_retry", "would_timeout")
+_INF = float("inf")
 
 
 class PolicyEngineCollector:
     """A prometheus_client collector for one engine (None: the default engine, at each scrape)."""
 
-    def __init__(self, engine: Engine | None = None, *, prefix: str = "policyengine") -> None:
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        prefix: str = "policyengine",
+        keys_per_guard: int = KEYS_SHOWN,
+    ) -> None:
         self._engine = engine
         self._prefix = prefix
+        self._keys_shown = keys_per_guard
 
     @property
     def engine(self) -> Engine:
@@ -100,13 +118,13 @@ class PolicyEngineCollector:
             fam("calls").add_metric([name, "success"], m["successes"])
             fam("calls").add_metric([name, "failure"], m["failures"])
             fam("calls").add_metric([name, "ignored"], m["ignored"])
-            for reason in _REASONS:
-                fam("rejections").add_metric([name, reason], m["rejections"][reason])
+            for reason, count in m["rejections"].items():
+                fam("rejections").add_metric([name, reason], count)
             fam("retries").add_metric(g, m["retries"])
             fam("timeouts").add_metric(g, m["timeouts"])
             fam("fallbacks").add_metric(g, m["fallbacks"])
-            for event in _OBSERVED:
-                fam("observed").add_metric([name, event], m["observed"][event])
+            for event, count in m["observed"].items():
+                fam("observed").add_metric([name, event], count)
             fam("in_flight").add_metric(g, m["in_flight"])
             fam("queued").add_metric(g, m["queued"])
             fam("breaker_state").add_metric(g, STATE_VALUES.get(m["state"], 0))
@@ -115,14 +133,27 @@ class PolicyEngineCollector:
             seen = 0
             for bound, count in duration["buckets"]:
                 seen += count
-                buckets.append((repr(float(bound)), seen))
+                if bound != _INF:  # the snapshot's last bucket is +Inf: one +Inf, below
+                    buckets.append((repr(float(bound)), seen))
             buckets.append(("+Inf", duration["count"]))
             fam("call_duration_seconds").add_metric(g, buckets, duration["sum"])
+            self._keyed(fam, name, guard)
         status = engine.status()
         fam("reloads").add_metric(["success"], status["reloads"])
         fam("reloads").add_metric(["failure"], status["failed_reloads"])
         fam("policy_version").add_metric([], {"version": str(status["version"])})
         return iter(fams)
+
+    def _keyed(self, fam: Callable[[str], Any], name: str, guard: Guard) -> None:
+        """The bounded per-key view of a partitioned policy (`_keyed_export`)."""
+        trips = would_trips(guard)
+        if trips is None:
+            return
+        for key, value in key_states(guard, self._keys_shown):
+            fam("key_state").add_metric([name, key], value)
+        for state, count in key_counts(guard).items():
+            fam("keys").add_metric([name, state], count)
+        fam("keys_would_trip").add_metric([name], trips)
 
     def _families(self) -> list[Metric]:
         p = self._prefix
@@ -162,6 +193,17 @@ class PolicyEngineCollector:
                 f"{p}_call_duration_seconds",
                 "Duration of whole guarded calls (retries, sleeps and queueing included).",
                 labels=guard,
+            ),
+            GaugeMetricFamily(
+                f"{p}_key_state",
+                "Keyed guards: a key's breaker state (at most N keys, the rest as key=other).",
+                labels=["guard", "key"],
+            ),
+            GaugeMetricFamily(
+                f"{p}_keys", "Keyed guards: keys kept, by state.", labels=["guard", "state"]
+            ),
+            CounterMetricFamily(
+                f"{p}_keys_would_trip", "Keyed guards: trips past max_open_ratio.", labels=guard
             ),
             CounterMetricFamily(f"{p}_reloads", "Policy reloads, by result.", labels=["result"]),
             InfoMetricFamily(f"{p}_policy_version", "The policies in force (content hash)."),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -28,9 +29,9 @@ from pathlib import Path
 
 from . import _default
 from ._engine import Engine
-from ._loader import PolicySet, load_path
+from ._loader import PolicySet
 from ._models import Policy, StateOptions
-from .exceptions import PolicyValidationError
+from ._source import AdjustedSource, FileSource, default_path
 
 __all__ = ["FakeClock", "isolated"]
 
@@ -82,36 +83,19 @@ def isolated(
     """
     if attempts is not None and attempts < 1:
         raise ValueError(f"attempts must be at least 1 (1: no retries), not {attempts}")
-    path = Path(source or os.environ.get("POLICYENGINE_FILE") or _default.DEFAULT_FILE)
-    policy_set = _for_tests(load_path(path), attempts)
-    engine = _IsolatedEngine(
-        policy_set, clock=clock if clock is not None else FakeClock(), path=path
-    )
-    engine.attempts = attempts
-    with _default._lock:
-        previous = _default._default
-    _default.set_default_engine(engine)
+    path = Path(source) if source is not None else default_path()
+    adjusted = AdjustedSource(FileSource(path), functools.partial(_for_tests, attempts=attempts))
+    engine = Engine(adjusted, clock=clock if clock is not None else FakeClock())
+    previous = _default.replace_default_engine(engine)
     try:
         yield engine
     finally:
-        _default.set_default_engine(previous)
+        _default.replace_default_engine(previous)
         engine.close()
 
 
-class _IsolatedEngine(Engine):
-    """An engine whose every read of its files gets the test adjustments, reloads included."""
-
-    attempts: int | None = None
-
-    def _read(self) -> PolicySet | PolicyValidationError:
-        result = super()._read()
-        if isinstance(result, PolicyValidationError):
-            return result
-        return _for_tests(result, self.attempts)
-
-
 def _for_tests(policy_set: PolicySet, attempts: int | None) -> PolicySet:
-    """In-memory state; every retry capped at `attempts`."""
+    """In-memory state; every retry capped at `attempts` (on every read: reloads too)."""
 
     def capped(policy: Policy) -> Policy:
         retry = policy.retry

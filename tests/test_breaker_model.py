@@ -287,7 +287,9 @@ class GuardMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.events: list[Event] = []
         # in flight: (task, future the call awaits, model token, start time, timed at start)
-        self.calls: list[tuple[asyncio.Task[Any], asyncio.Future[Any], Token, float, bool]] = []
+        self.calls: list[
+            tuple[asyncio.Task[Any], asyncio.Future[Any], Token, float, tuple[bool, bool]]
+        ] = []
         self.metrics = Counter[str]()
 
     @initialize(raw=breaker_options())
@@ -345,10 +347,12 @@ class GuardMachine(RuleBasedStateMachine):
             return
         assert running and not task.done(), f"rejected, the model admits: {task}"
         self.metrics["in_flight"] += 1
-        self.calls.append((task, future, expected, now, timed))
+        # metrics count an error the breaker ignores as ignored (the policy at the call's start)
+        ignores = self.model.cfg.ignore_lookup
+        self.calls.append((task, future, expected, now, (timed, ignores)))
 
     def finish(self, pick: int, how: str) -> None:
-        task, future, token, started, timed = self.calls.pop(pick % len(self.calls))
+        task, future, token, started, (timed, ignores) = self.calls.pop(pick % len(self.calls))
         now = self.clock.now()
         # The guard times a call only if the breaker had a slow rule when the call started.
         duration = now - started if timed else 0.0
@@ -364,7 +368,7 @@ class GuardMachine(RuleBasedStateMachine):
         else:
             future.set_exception(make_exception(how))
             self.model.failure(token, how, duration, now)
-            self.metrics["failures"] += 1
+            self.metrics["ignored" if how == "ignored" and ignores else "failures"] += 1
         self.loop.run_until_complete(asyncio.wait([task]))
         if how == "success":
             assert task.result() == "ok"

@@ -270,3 +270,60 @@ def test_python_dash_m(tmp_path: Path, broken: Path) -> None:
         check=False,
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_validate_require_names_the_missing_guards(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = run(capsys, "validate", str(EXAMPLE), "--require", "payments,search")
+    assert code == 0 and "valid (4 policies" in out
+    code, out, _ = run(
+        capsys, "validate", str(EXAMPLE), "--require", "payments, paymens", "--require", "orders"
+    )
+    assert code == 1 and "valid (" not in out
+    [line] = [x for x in out.splitlines() if "required" in x]
+    assert line.startswith(f"{EXAMPLE}: policies: error: required guards not defined: ")
+    assert "paymens, orders (--require; defined: payments, inventory, search, reports)" in line
+    assert "'paymens': did you mean 'payments'?" in line
+    code, out, _ = run(capsys, "validate", "--format", "json", str(EXAMPLE), "--require", "x")
+    assert code == 1 and [r["path"] for r in json.loads(out)] == ["policies"]
+
+
+def test_validate_warns_on_a_file_without_policies_and_fails_it_under_strict(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "empty.toml"
+    path.write_text("schema_version = 1\n")
+    code, out, _ = run(capsys, "validate", str(path))
+    assert code == 0 and "warning: no policies" in out and "(0 policies, 1 file, 1 warning)" in out
+    code, out, _ = run(capsys, "validate", "--strict", str(path))
+    assert code == 1 and "error: no policies" in out
+    code, out, _ = run(capsys, "validate", "--format", "github", str(path))
+    assert code == 0 and out.startswith(f"::warning file={path},title=policies::no policies")
+
+
+def test_github_annotations_escape_what_the_runner_would_misread(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "a,b:c.toml"
+    path.write_text('[policies.p]\nmode = "x"\n\n[policies.q.retry]\nmax_attempts = 0\n')
+    code, out, _ = run(capsys, "validate", "--format", "github", str(path))
+    lines = out.splitlines()
+    assert code == 1 and len(lines) == 2
+    escaped = str(path).replace(":", "%3A").replace(",", "%2C")
+    assert lines[0].startswith(f"::error file={escaped},line=2,title=policies.p.mode::")
+    assert lines[1].startswith(f"::error file={escaped},line=5,title=policies.q.retry.max")
+
+
+def test_a_command_module_registers_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "hello_cmd.py").write_text(
+        "def add_parser(sub):\n"
+        "    p = sub.add_parser('hello', help='say hello')\n"
+        "    p.add_argument('name')\n"
+        "    p.set_defaults(run=lambda args: print('hello', args.name) or 7)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("policyengine._cli.COMMAND_MODULES", ("hello_cmd",))
+    assert run(capsys, "hello", "you") == (7, "hello you\n", "")

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from forking import CHILD_TIMEOUT, run_in_child
-from polling import wait_until
+from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
@@ -128,6 +128,45 @@ def test_the_watcher_is_restarted_in_the_child_and_applies_an_edit_made_there(
         engine.close()
 
 
+def test_a_watch_on_the_parents_loop_goes_on_in_a_thread_in_the_child(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The parent watches on its event loop; the child has no such loop (nor its thread), and
+    must not touch the epoll instance it shares with the parent: it watches from a thread, and
+    the parent's loop watch goes on undisturbed."""
+    caplog.set_level(logging.INFO, logger="policyengine")
+    path = tmp_path / "policies.toml"
+    path.write_text(bulkhead(3))
+    with LoopThread() as loop:
+        engine = run_on(loop, lambda: policyengine.load(path, watch=True, default=False))
+        try:
+            assert engine.status()["watch"]["on"] == "loop"
+            wait_until(lambda: engine._watcher.looks >= 1, "the watcher's first look")
+
+            def child() -> dict[str, Any]:
+                watch = engine.status()["watch"]
+                path.write_text(bulkhead(7))  # made after the fork, by the child
+                wait_until(lambda: limit_of(engine) == 7, "the child's watcher to apply the edit")
+                path.write_text(bulkhead(8))
+                reloaded = engine.reload()  # no loop here: runs in this thread
+                return {
+                    "on": watch["on"],
+                    "alive": watch["alive"],
+                    "loop": engine.loop is not None,
+                    "reloaded": reloaded,
+                    "logged": [m for m in caplog.messages if "forked process" in m],
+                }
+
+            report = run_in_child(child)
+            assert (report["on"], report["alive"], report["loop"]) == ("thread", True, False)
+            assert report["reloaded"] in (True, False)  # (the child's watcher may be first)
+            assert any("in a thread" in m for m in report["logged"]), report["logged"]
+            wait_until(lambda: limit_of(engine) == 8, "the parent's loop watch to see the edit")
+            assert engine.status()["watch"]["on"] == "loop"
+        finally:
+            engine.close()
+
+
 @pytest.mark.parametrize("how", ["engine.close()", "watcher.stop()"])
 def test_a_stopped_engine_or_watcher_stays_stopped_in_the_child(tmp_path: Path, how: str) -> None:
     path = tmp_path / f"stopped-{uuid.uuid4().hex[:8]}.toml"  # a thread name of its own
@@ -172,15 +211,15 @@ def test_locks_held_by_another_thread_at_the_fork_do_not_deadlock_the_child(
     engine = policyengine.load(path, default=False)
     guard = engine.guards["api"]
     assert guard.breaker is not None and guard.bulkhead is not None
-    assert guard._budget is not None
+    assert guard.budget is not None
     locks = [
         guard.breaker._lock,
         guard.metrics.lock,
         guard.bulkhead._lock,
-        guard._budget._lock,
+        guard.budget._lock,
         engine._lock,
         engine._reload_lock,
-        _default._lock,
+        _default._slot.lock,
     ]
     held, release = threading.Event(), threading.Event()
 

@@ -67,6 +67,13 @@ HANDLERS = [
     "policyengine.demo_errors:cached_quote", "policyengine.demo_errors:empty_results",
     "policyengine.demo_errors.cached_quote", "zz_fuzz_missing:handler", "os:getcwd",
     "policyengine.demo_errors:CardDeclined", "policyengine:__version__", "len", ":", "",
+    "eval", "os:system", "builtins.exec", "subprocess:run", "policyengine.demo_errors:HTTPError",
+]  # fmt: skip
+URLS = [
+    "redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///tmp/r.sock", "valkey://h/1",
+    "redis+cluster://h1:7000,h2:7001", "redis+sentinel://h1,h2:26380/svc/2", "redis://h:abc",
+    "redis://h:0", "http://h", "redis://[::1", "redis://h/x", "redis://h/0?db=x&q=1", "unix://",
+    "redis+sentinel://h1", "redis+cluster://,", "redis://u:p@h:1/0?socket_timeout=-1", "",
 ]  # fmt: skip
 STATUSES: list[Any] = ["4xx", "5xx", "9xx", "xx", 503, 99, 600, 0, -1, "503", "abc", True]
 WORDS = [
@@ -200,7 +207,7 @@ def build_document(noisy: bool) -> st.SearchStrategy[dict[str, Any]]:
     )
     state = table(
         backend=pick(["memory"], ["redis", *WORDS]),
-        url=pick(["redis://127.0.0.1:6379/0"]),
+        url=pick(URLS[:6], URLS),
         prefix=v(st.sampled_from(["shop", "pe"]), st.text(max_size=5)),
         on_error=pick(["local", "open", "closed"]),
         timeout=duration,

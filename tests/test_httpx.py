@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
-from policyengine.httpx import GuardedSyncTransport, GuardedTransport, RetryableStatusError
+from policyengine.httpx import (
+    GuardedSyncTransport,
+    GuardedTransport,
+    RetryableStatusError,
+    UnusableFallbackError,
+)
 from policyengine.testing import FakeClock
 
 MakeEngine = Callable[[str], Engine]
@@ -196,10 +202,100 @@ async def test_an_open_circuit_rejects_requests(engine: Engine) -> None:
     assert len(server.requests) == 1
 
 
-async def test_a_fallback_must_give_a_response(engine: Engine) -> None:
-    async with client(engine, Server(200), guard="with_fallback") as c:
-        with pytest.raises(TypeError, match=r"httpx\.Response"):
+FALLBACKS = """
+[policies.handler.breaker]
+force = "open"
+[policies.handler.fallback]
+handler = "http_fallbacks:cached_response"
+
+[policies.annotated_dict.fallback]
+handler = "http_fallbacks:cached_dict"
+
+[policies.unannotated.breaker]
+force = "open"
+[policies.unannotated.fallback]
+handler = "http_fallbacks:unannotated"
+
+[policies.observed]
+mode = "observe"
+[policies.observed.fallback]
+value = "never used in observe mode"
+"""
+
+
+def test_a_fallback_that_cannot_give_a_response_is_refused_at_creation(
+    make_engine: MakeEngine,
+) -> None:
+    """Regression: a fallback `value` raised TypeError only once the breaker had opened."""
+    engine = make_engine(POLICIES + FALLBACKS)
+    mock = httpx.MockTransport(Server(200))
+    with pytest.raises(UnusableFallbackError, match=r"'with_fallback' has fallback\.value") as e:
+        GuardedTransport("with_fallback", mock, engine=engine)
+    assert "fallback.handler that returns an httpx.Response" in str(e.value)
+    assert isinstance(e.value, TypeError)
+    with pytest.raises(UnusableFallbackError, match="annotated to return something other"):
+        GuardedSyncTransport({"*": "http", "x.test": "annotated_dict"}, engine=engine)
+    for fine in ("handler", "unannotated", "observed", "http"):
+        GuardedTransport(fine, mock, engine=engine)
+
+
+async def test_a_handler_fallback_gives_the_response(make_engine: MakeEngine) -> None:
+    engine = make_engine(POLICIES + FALLBACKS)
+    async with client(engine, Server(200), guard="handler") as c:
+        response = await c.get("/")
+    assert (response.status_code, response.json()["because"]) == (202, "CircuitOpenError")
+
+
+async def test_an_unannotated_handler_is_checked_when_used(make_engine: MakeEngine) -> None:
+    engine = make_engine(POLICIES + FALLBACKS)
+    async with client(engine, Server(200), guard="unannotated") as c:
+        with pytest.raises(UnusableFallbackError, match=r"gave a fallback dict.*httpx\.Response"):
             await c.get("/")
+
+
+async def test_a_reload_to_an_unusable_fallback_is_reported_and_serves_on(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "policies.toml"
+    path.write_text(POLICIES)
+    engine = policyengine.load(path, clock=clock, default=False)
+    events: list[policyengine.Event] = []
+    engine.add_listener(events.append)
+    try:
+        server = Server(200)
+        async with client(engine, server, guard="fragile") as c:
+            assert (await c.get("/")).status_code == 200
+            path.write_text(
+                POLICIES + '[policies.fragile.fallback]\nvalue = "queued"\non = ["circuit_open"]\n'
+            )
+            assert engine.reload() is True
+            assert not [e for e in events if e.name == "fallback_unusable"]  # not before a request
+            with caplog.at_level("ERROR", logger="policyengine"):
+                assert (await c.get("/")).status_code == 200  # the healthy dependency serves on
+                assert (await c.get("/")).status_code == 200  # reported once per version
+            [event] = [e for e in events if e.name == "fallback_unusable"]
+            assert event.guard == "fragile" and "fallback.value = 'queued'" in event.data["problem"]
+            errors = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert len(errors) == 1 and "httpx transport" in errors[0].getMessage()
+            server.script = [503]  # the breaker opens: the fallback would be used
+            assert (await c.get("/")).status_code == 503
+            with pytest.raises(UnusableFallbackError, match=r"fallback\.value = 'queued'"):
+                await c.get("/")
+    finally:
+        engine.close()
+
+
+async def test_a_guard_chosen_per_request_is_checked_at_its_first_request(
+    engine: Engine,
+) -> None:
+    mock = httpx.MockTransport(Server(200))
+    transport = GuardedTransport(lambda _r: "with_fallback", mock, engine=engine)  # no error yet
+    events: list[policyengine.Event] = []
+    engine.add_listener(events.append)
+    async with httpx.AsyncClient(transport=transport) as c:
+        with pytest.raises(UnusableFallbackError, match=r"'with_fallback' has fallback\.value"):
+            await c.get("http://api.test/")  # forced open: the fallback is used at once
+    assert [e.name for e in events].count("fallback_unusable") == 1
 
 
 async def test_a_guard_per_host(engine: Engine, clock: FakeClock) -> None:
@@ -328,3 +424,26 @@ def test_the_sync_twin_returns_a_readable_error_response(engine: Engine) -> None
         assert (response.status_code, response.text) == (503, "answer 1")
         assert response.elapsed.total_seconds() >= 0
         assert c.get("http://api.test/").text == "answer 2"
+
+
+async def test_a_transport_made_before_any_engine_loads_none_and_checks_later(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module-level client is made at import time, before `load()`: creating it must not load
+    the default engine (a side effect, and maybe the wrong file); its guard is checked at its
+    first request."""
+    from policyengine import _default
+
+    monkeypatch.chdir(tmp_path)  # no policies/policies.toml here: loading would fail
+    transport = GuardedTransport("with_fallback", httpx.MockTransport(Server(200)))
+    assert _default._default is None
+    engine = policyengine.loads(POLICIES, clock=clock)  # the default engine, loaded later
+    events: list[policyengine.Event] = []
+    engine.add_listener(events.append)
+    try:
+        async with httpx.AsyncClient(transport=transport) as c:
+            with pytest.raises(UnusableFallbackError, match=r"'with_fallback' has fallback\.value"):
+                await c.get("http://api.test/")
+        assert [e.name for e in events].count("fallback_unusable") == 1
+    finally:
+        engine.close()

@@ -133,9 +133,15 @@ def test_strict_turns_warnings_into_errors() -> None:
         load_text(text, strict=True)
 
 
-def test_empty_file_is_valid() -> None:
+def test_an_empty_file_is_valid_with_a_warning_and_an_error_under_strict() -> None:
     ps = load_text("")
-    assert ps.policies == {} and ps.state.backend == "memory" and ps.warnings == ()
+    assert ps.policies == {} and ps.state.backend == "memory"
+    assert [(w.path, w.severity) for w in ps.warnings] == [("policies", "warning")]
+    assert "no policies" in ps.warnings[0].message
+    with pytest.raises(PolicyValidationError) as info:
+        load_text("schema_version = 1\n[templates.default]\nmode = 'observe'\n", strict=True)
+    assert [(e.path, e.severity) for e in info.value.errors] == [("policies", "error")]
+    assert load_text("[policies.p]\n").warnings == ()
 
 
 # -- files and directories --------------------------------------------------------------------

@@ -12,6 +12,7 @@ from scripted import API, ok, script
 
 import policyengine
 from policyengine import Engine
+from policyengine._metrics import DURATION_BUCKETS
 from policyengine.otel import EVENTS, instrument
 from policyengine.testing import FakeClock
 
@@ -136,3 +137,30 @@ async def test_the_default_engine_is_read_at_each_collection(
         assert at(collect(reader), "calls.started", **{"guard.name": "api"}) == 1
     finally:
         engine.close()
+
+
+def test_duration_buckets_have_one_inf_and_cumulative_counts(
+    make_engine: MakeEngine, otel: tuple[InMemoryMetricReader, MeterProvider]
+) -> None:
+    """Regression: the snapshot's last bucket (+Inf) was reported a second time as
+    ``le="inf"`` beside ``le="+Inf"``."""
+    reader, provider = otel
+    engine = make_engine(POLICIES)
+    instrument(engine, meter_provider=provider)
+    metrics = engine.guards["api"].metrics
+    durations = [0.02] * 97 + [0.3, 4.0, 12.0]
+    for d in durations:
+        metrics.start()
+        metrics.finish(1, d)
+    points = collect(reader)
+    buckets = {
+        dict(attrs)["le"]: v
+        for (name, attrs), v in points.items()
+        if name == f"{P}.call.duration.bucket" and dict(attrs)["guard.name"] == "api"
+    }
+    bounds = (*DURATION_BUCKETS, float("inf"))
+    assert sorted(buckets, key=float) == [repr(b) for b in DURATION_BUCKETS] + ["+Inf"]
+    assert [buckets[le] for le in sorted(buckets, key=float)] == [
+        sum(d <= b for d in durations) for b in bounds
+    ]
+    assert buckets["+Inf"] == at(points, "call.duration.count", **{"guard.name": "api"}) == 100

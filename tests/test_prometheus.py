@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from scripted import API, ok, script
 
 import policyengine
 from policyengine import BulkheadFullError, Engine
+from policyengine._metrics import DURATION_BUCKETS
 from policyengine.prometheus import PolicyEngineCollector
 from policyengine.testing import FakeClock
 
@@ -182,3 +184,26 @@ async def test_the_default_engine_is_read_at_each_scrape(
         assert value(registry, "policyengine_calls_started_total", guard="api") == 1
     finally:
         engine.close()
+
+
+def test_the_histogram_has_one_inf_bucket_and_cumulative_counts(
+    make_engine: MakeEngine, registry: CollectorRegistry
+) -> None:
+    """Regression: the last snapshot bucket (+Inf) was exported a second time as ``le="inf"``,
+    which Prometheus merges with ``le="+Inf"``: the count doubled and p99 read 10 s."""
+    engine = make_engine(POLICIES)
+    registry.register(PolicyEngineCollector(engine))
+    metrics = engine.guards["api"].metrics
+    durations = [0.02] * 97 + [0.3, 4.0, 12.0]  # one call past the last bound (10 s)
+    for d in durations:
+        metrics.start()
+        metrics.finish(1, d)
+    text = generate_latest(registry).decode()
+    les = re.findall(r'policyengine_call_duration_seconds_bucket\{guard="api",le="([^"]+)"\}', text)
+    assert les == [repr(b) for b in DURATION_BUCKETS] + ["+Inf"]
+    counts = [value(registry, "policyengine_call_duration_seconds_bucket", guard="api", le=le)
+              for le in les]  # fmt: skip
+    expected = [sum(d <= b for d in durations) for b in (*DURATION_BUCKETS, float("inf"))]
+    assert counts == expected  # cumulative, non-decreasing, the last one is the count
+    assert counts[-1] == value(registry, "policyengine_call_duration_seconds_count", guard="api")
+    assert counts[-1] == 100

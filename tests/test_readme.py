@@ -63,15 +63,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import readme_rollout
 
 import policyengine
 from policyengine import Engine, _cli, _default
+from policyengine._http_fallback import UnusableFallbackError
 from policyengine._loader import load_path, load_text
 from policyengine.exceptions import PolicyValidationError
 from policyengine.testing import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+_SHIPPED = ROOT / "policies" / "policies.toml"
 
 # ---------------------------------------------------------------------------------- extraction
 
@@ -361,6 +364,9 @@ def _validate_errors(directory: Path) -> None:
     return None
 
 
+readme_rollout.register(scenario)  # the record -> suggest -> simulate example
+
+
 @scenario("check", "layout")
 def _layout(block: Block) -> None:
     """Every directory and file the layout names exists: names on an indented line are in the
@@ -381,6 +387,128 @@ def _layout(block: Block) -> None:
 
 
 # ------------------------------------------------------------------------------- python blocks
+
+
+@scenario("run", "httpx")
+def _httpx(ns: dict[str, Any]) -> Iterator[None]:
+    """The transports need policies whose fallbacks can give a response (the shipped payments
+    policy's value cannot: `GuardedTransport` refuses it), so this block gets HTTP policies."""
+    pytest.importorskip("httpx")
+    Path("policies/policies.toml").write_text(
+        "schema_version = 1\n"
+        "[templates.default.retry]\n"
+        "max_attempts = 3\n"
+        'max_delay = "2s"\n'
+        'retry_on = ["httpx.TransportError", '
+        '{ type = "httpx.HTTPStatusError", status = [429, 502, 503, 504] }]\n'
+        "[policies.payments.breaker]\n"
+        "consecutive_failures = 5\n"
+        "[policies.reports]\n"
+        "[policies.http]\n"
+        "[policies.search]\n",
+        encoding="utf-8",
+    )
+    yield
+    from policyengine.httpx import GuardedTransport
+
+    transport = ns["payments"]._transport
+    assert isinstance(transport, GuardedTransport)
+    shipped = policyengine.loads(_SHIPPED.read_text(encoding="utf-8"), default=False)
+    try:
+        with pytest.raises(UnusableFallbackError, match=r"'payments' has fallback\.value"):
+            GuardedTransport("payments", engine=shipped)
+    finally:
+        shipped.close()
+
+
+@scenario("output", "top")
+def _top(directory: Path) -> str:
+    """`policyengine top URL --once` against the shipped policies, payments' breaker open. The
+    URL (a free port here) and the stamps of the sample (the interval plus scheduling) are
+    written as the README shows them."""
+    pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
+    from asgi_servers import serve
+
+    from policyengine.asgi import status_app
+
+    engine = policyengine.load(directory / "policies" / "policies.toml", default=False)
+    try:
+
+        async def trip() -> None:
+            for _ in range(5):  # consecutive_failures = 5, one attempt each
+                with contextlib.suppress(ConnectionError):
+                    async with engine.guard("payments"):
+                        await _refused()
+
+        with serve(status_app(engine)) as url:
+            asyncio.run(trip())
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                assert _cli.main(["top", url, "--once"]) == 0
+    finally:
+        engine.close()
+    text = out.getvalue().replace(url, "http://127.0.0.1:8000/ops")
+    return re.sub(
+        r"\[\s*(\d+\.\d)s\]", lambda m: "[   1.0s]" if 1.0 <= float(m[1]) < 2.0 else m[0], text
+    )
+
+
+@scenario("run", "fastapi")
+def _fastapi(ns: dict[str, Any]) -> Iterator[None]:
+    """The FastAPI example served by uvicorn, against a local payments server: healthy, hung
+    (504s from the middleware while the breaker counts), then the breaker open (the fallback
+    value, at once)."""
+    pytest.importorskip("fastapi", reason="fastapi is not installed: pip install '.[dev]'")
+    pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
+    import os
+
+    from asgi_servers import Downstream, serve
+
+    payments = Downstream("payments")
+    with serve(payments) as payments_url:
+        os.environ["PAYMENTS_URL"] = payments_url
+        try:
+            yield
+            with serve(ns["app"], lifespan="on") as url:
+                _fastapi_outages(url, payments)
+        finally:
+            payments.mode = "ok"  # lets hung requests end
+            del os.environ["PAYMENTS_URL"]
+
+
+def _fastapi_outages(url: str, payments: Any) -> None:
+    import httpx
+
+    def charge(order: str) -> httpx.Response:
+        return httpx.post(f"{url}/orders/{order}/charge", timeout=30)
+
+    healthy = charge("o-1")
+    assert healthy.status_code == 200, healthy.text
+    assert healthy.json() == {"from": "payments", "status": 200}
+    status = httpx.get(f"{url}/ops/status").json()
+    assert status["guards"]["payments"]["state"] == "closed"
+    assert status["guards"]["inventory"]["successes"] == 1
+
+    payments.mode = "hang"
+
+    async def two_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return list(await asyncio.gather(
+                client.post("/orders/o-2/charge"), client.post("/orders/o-3/charge")
+            ))  # fmt: skip
+
+    for response in asyncio.run(two_at_once()):
+        assert response.status_code == 504, (response.status_code, response.text)
+        assert response.json()["error"] == "timeout" and response.json()["guard"] == "payments"
+    status = httpx.get(f"{url}/ops/status").json()
+    assert status["guards"]["payments"]["state"] == "open", status["guards"]["payments"]
+    assert any(e["name"] == "state_change" for e in status["events"])
+    before = payments.requests
+    queued = charge("o-4")
+    assert queued.status_code == 200 and queued.json() == {"status": "queued"}, queued.text
+    assert payments.requests == before  # the open breaker kept the call off the network
+    metrics = httpx.get(f"{url}/ops/metrics")
+    assert 'policyengine_breaker_state{guard="payments"} 1.0' in metrics.text
 
 
 def _stubs() -> dict[str, Any]:
@@ -617,15 +745,26 @@ def _extras() -> set[str]:
     return set(project["optional-dependencies"])
 
 
+def _distribution() -> str:
+    name: str = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "name"
+    ]
+    return name
+
+
 def check_command(tokens: list[str], where: str, *, whole: bool) -> int:
-    """Check the `make`, `pip install "policyengine[...]"` and `policyengine` commands in one
-    command line. `whole`: the arguments must parse (else only the options must exist).
-    Returns how many were checked."""
+    """Check the `make`, `pip install "DIST[...]"` and `policyengine` commands in one command
+    line. `whole`: the arguments must parse (else only the options must exist). Returns how
+    many were checked. A requirement must name pyproject.toml's distribution: PyPI's
+    `policyengine` is an unrelated project."""
     checked = 0
     for i, token in enumerate(tokens):
-        extras = re.fullmatch(r"policyengine\[([\w,-]+)\]", token)
+        extras = re.fullmatch(r"(?:(?P<dist>[\w.-]+)|\./[\w./-]*)\[(?P<extras>[\w,-]+)\]", token)
         if extras is not None:
-            for extra in extras[1].split(","):
+            dist = extras["dist"]
+            if dist is not None and dist != _distribution():
+                fail(f"{where}: {token!r} is not this project: install {_distribution()!r}")
+            for extra in extras["extras"].split(","):
                 if extra not in _extras():
                     fail(f"{where}: pyproject.toml has no extra {extra!r} ({sorted(_extras())})")
             checked += 1

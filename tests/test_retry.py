@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from policyengine._backoff import Backoff, jitter_bounds, make_jitter
 from policyengine._models import BudgetOptions, RetryOptions
-from policyengine._retry import RetryBudget, RetryStrategy, add_budget_note
+from policyengine._retry import (
+    DEFAULT_MAX_RETRY_AFTER,
+    MAX_SLEEP,
+    RetryBudget,
+    RetryStrategy,
+    add_budget_note,
+)
 from policyengine.exceptions import (
     BulkheadFullError,
     CircuitOpenError,
@@ -474,6 +480,83 @@ def test_no_sleep_that_cannot_finish_before_the_deadline() -> None:
     assert s.wait_before(1, HintError(5), 0.0, 10.0) == 5.0
     capped = constant(respect_retry_after=True, max_retry_after="2s")
     assert capped.wait_before(1, HintError(60), 0.0, 10.0) == 2.0  # capped first, then it fits
+
+
+def test_a_huge_hint_without_cap_or_deadline_is_clamped_to_the_documented_maximum() -> None:
+    s = constant(respect_retry_after=True)
+    for hint in (1e300, 10**400, "1e300", "99999999999", 400.0):
+        assert s.wait_before(1, HintError(hint), 0.0, None) == DEFAULT_MAX_RETRY_AFTER
+    assert s.wait_before(1, ResponseError(503, {"Retry-After": "1e300"}), 0.0, None) == 300.0
+    assert s.wait_before(1, HintError(299), 0.0, None) == 299.0
+    longer = constant(respect_retry_after=True, max_retry_after="1h")  # the policy may allow more
+    assert longer.wait_before(1, HintError(1e300), 0.0, None) == 3600.0
+
+
+def test_every_sleep_is_capped_even_an_uncapped_decorrelated_jitter() -> None:
+    s = strategy(backoff="constant", jitter="decorrelated", initial_delay="1s", max_attempts=10**6)
+    previous, waits = 0.0, []
+    for n in range(1, 2000):
+        wait = s.wait_before(n, ConnectionError(), previous, None)
+        assert wait is not None and 0.0 <= wait <= MAX_SLEEP
+        previous = wait
+        waits.append(wait)
+    assert waits[-1] == MAX_SLEEP  # it grew to the cap instead of overflowing
+
+
+def test_call_sync_with_a_1e300_retry_after_sleeps_the_cap_then_retries() -> None:
+    import policyengine
+
+    clock = FakeClock()
+    engine = policyengine.loads(
+        '[policies.p.retry]\nmax_attempts = 2\nbackoff = "constant"\n'
+        'initial_delay = "10ms"\njitter = "none"\nrespect_retry_after = true\n',
+        clock=clock,
+        default=False,
+    )
+    calls: list[float] = []
+
+    def flaky() -> str:
+        calls.append(clock.now())
+        if len(calls) == 1:
+            raise HintError(1e300)
+        return "ok"
+
+    assert engine.guard("p").call_sync(flaky) == "ok"
+    assert calls[1] - calls[0] == pytest.approx(DEFAULT_MAX_RETRY_AFTER)
+
+
+async def test_call_with_a_1e300_retry_after_sleeps_the_cap_then_retries() -> None:
+    import policyengine
+
+    clock = FakeClock()
+    engine = policyengine.loads(
+        '[policies.p.retry]\nmax_attempts = 2\nbackoff = "constant"\n'
+        'initial_delay = "10ms"\njitter = "none"\nrespect_retry_after = true\n',
+        clock=clock,
+        default=False,
+    )
+    calls: list[float] = []
+
+    async def flaky() -> str:
+        calls.append(clock.now())
+        if len(calls) == 1:
+            raise HintError(1e300)
+        return "ok"
+
+    assert await engine.guard("p").call(flaky) == "ok"
+    assert calls[1] - calls[0] == pytest.approx(DEFAULT_MAX_RETRY_AFTER)
+
+
+@pytest.mark.parametrize("jitter", ["none", "full", "equal", "decorrelated"])
+@pytest.mark.parametrize("backoff", ["constant", "linear", "exponential"])
+def test_a_max_delay_below_initial_delay_caps_every_delay(backoff: str, jitter: str) -> None:
+    s = strategy(backoff=backoff, jitter=jitter, initial_delay="2s", max_delay="500ms")
+    previous = 0.0
+    for n in range(1, 50):
+        wait = s.wait_before(n, ConnectionError(), previous, None)
+        assert wait is not None and 0.0 <= wait <= 0.5
+        previous = wait
+    assert all(0.0 <= lo <= hi <= 0.5 for lo, hi in s.schedule())
 
 
 def test_wait_before_applies_jitter() -> None:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import policyengine
 from policyengine._backoff import Backoff
 from policyengine._models import RetryOptions
-from policyengine._retry import RetryStrategy
+from policyengine._retry import DEFAULT_MAX_RETRY_AFTER, RetryStrategy
 from policyengine.testing import FakeClock
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -88,7 +88,8 @@ def close(a: float, b: float) -> bool:
 HINTS = st.one_of(
     st.none(),
     st.floats(0, 120, allow_nan=False),
-    st.sampled_from([-5.0, math.nan, math.inf, 0.0]),
+    st.floats(120, 1e300, allow_nan=False),  # past the default cap: clamped, never overflowing
+    st.sampled_from([-5.0, math.nan, math.inf, 0.0, 1e300]),
 )
 
 
@@ -112,7 +113,8 @@ def test_every_sleep_respects_jitter_hints_caps_and_the_deadline(
     seed: int,
 ) -> None:
     """One simulated call: attempts take `attempt_times`, and before each retry the sleep is
-    ``max(min(hint, max_retry_after), delay)`` exactly, and strictly less than the time left."""
+    ``max(min(hint, max_retry_after or DEFAULT_MAX_RETRY_AFTER), delay)`` exactly, and strictly
+    less than the time left."""
     table["respect_retry_after"] = respect
     if cap_ms is not None:
         table["max_retry_after"] = f"{cap_ms}ms"
@@ -139,8 +141,8 @@ def test_every_sleep_respects_jitter_hints_caps_and_the_deadline(
         expected = delay
         if respect and hint is not None and math.isfinite(hint):
             honoured = max(hint, 0.0)
-            if o.max_retry_after is not None:
-                honoured = min(honoured, o.max_retry_after)
+            cap = DEFAULT_MAX_RETRY_AFTER if o.max_retry_after is None else o.max_retry_after
+            honoured = min(honoured, cap)
             expected = max(honoured, delay)
         if remaining is not None and expected >= remaining:
             assert wait is None, (wait, expected, remaining)

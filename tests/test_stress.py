@@ -21,6 +21,7 @@ import pytest
 
 import policyengine
 from policyengine import Engine
+from policyengine._metrics import REJECTION_REASONS
 from policyengine.exceptions import BulkheadFullError, CircuitOpenError
 from policyengine.testing import FakeClock
 
@@ -456,7 +457,7 @@ def test_threads_calling_call_sync_count_exactly(make_engine: MakeEngine) -> Non
     assert m["calls"] == total
     assert (m["successes"], m["failures"], m["ignored"]) == (total - failed, failed, 0)
     assert m["in_flight"] == 0
-    assert m["rejections"] == {"circuit_open": 0, "bulkhead_full": 0, "budget_exhausted": 0}
+    assert m["rejections"] == dict.fromkeys(REJECTION_REASONS, 0)
     snap = handle.current().breaker.snapshot()  # type: ignore[union-attr]
     assert snap["state"] == "closed"
     assert snap["window_calls"] == 1000

@@ -116,3 +116,15 @@ def test_a_reload_keeps_state_in_memory_and_the_cap(app_dir: Path) -> None:
         assert engine.status()["state"] == {"backend": "memory"}
         assert engine.guards["payments"].max_attempts == 1
         assert engine.policy_set.policies["payments"].retry.max_attempts == 1  # type: ignore[union-attr]
+
+
+def test_isolated_is_a_plain_engine_reading_an_adjusted_source(app_dir: Path) -> None:
+    """No subclass of Engine: the test adjustments travel in the source the engine reads at
+    construction and on every reload."""
+    from policyengine import Engine
+    from policyengine._source import AdjustedSource
+
+    with isolated(attempts=1) as engine:
+        assert type(engine) is Engine
+        assert isinstance(engine.source, AdjustedSource)
+        assert engine.source.read().state.backend == "memory"

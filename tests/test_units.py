@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyengine._units import DURATION_PATTERN, format_duration, parse_duration, parse_ratio
+from policyengine._units import (
+    DURATION_PATTERN,
+    TYPICAL,
+    format_duration,
+    parse_duration,
+    parse_ratio,
+)
 
 
 @pytest.mark.parametrize(
@@ -86,3 +92,49 @@ def test_parse_ratio(value: object, ratio: float) -> None:
 def test_parse_ratio_rejects(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_ratio(bad)
+
+
+# -- bare numbers: a hint that fits the key (issue 20) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hints"),
+    [
+        ("initial_delay", 100, ["100ms"]),
+        ("max_wait", 100, ["100ms", "100s"]),  # a thread pool's queue may wait a minute
+        ("max_wait", 250, ["250ms"]),
+        ("timeout", 50, ["50ms"]),  # [state] timeout
+        ("attempt", 450, ["450ms"]),
+        ("total", 3000, ["3000ms"]),
+        ("total", 3, ["3s"]),
+        ("open_duration", 30, ["30s"]),
+        ("window_duration", 60, ["60s"]),
+        ("max_retry_after", 30, ["30s"]),
+        ("max", 300, ["300s"]),
+        ("open_duration", 0.5, ["500ms"]),
+        ("initial_delay", 1, ["1s", "1ms"]),  # either is plausible: say both
+        ("max_wait", 5, ["5s", "5ms"]),
+        (None, 100, ["100s"]),  # a key without a typical range keeps the seconds hint
+        ("total", 0, ["0s"]),
+    ],
+)
+def test_a_bare_number_hint_fits_the_key(key: str | None, value: float, hints: list[str]) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_duration(value, key)
+    shown = " or ".join(f'"{h}"' for h in hints)
+    assert f"write {shown} instead of {value!r}" in str(info.value)
+    assert ("whichever you meant" in str(info.value)) is (len(hints) > 1)
+
+
+@given(st.sampled_from(sorted(TYPICAL)), st.integers(min_value=1, max_value=10**7))
+def test_a_single_hint_lies_in_the_keys_typical_range_when_any_reading_does(
+    key: str, value: int
+) -> None:
+    low, high = TYPICAL[key]
+    readings = [r for r in (value, value / 1000) if low <= r <= high]
+    with pytest.raises(ValueError) as info:
+        parse_duration(value, key)
+    suggested = re.findall(r'"([^"]+)"', str(info.value))
+    assert len(suggested) == max(1, len(readings))
+    if readings:
+        assert sorted(parse_duration(s) for s in suggested) == pytest.approx(sorted(readings))

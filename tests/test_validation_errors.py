@@ -557,3 +557,25 @@ def test_an_infinite_or_absurd_duration_is_an_error_not_a_crash() -> None:
     path, line, message = only('[policies.p.timeout]\ntotal = "400d"\n')
     assert (path, line) == ("policies.p.timeout.total", 2)
     assert "at most 365d" in message
+
+
+def test_max_delay_below_initial_delay_is_a_warning_and_caps_every_delay() -> None:
+    text = textwrap.dedent(
+        """
+        [policies.p.retry]
+        backoff = "constant"
+        initial_delay = "2s"
+        max_delay = "500ms"
+        """
+    ).lstrip("\n")
+    ps = load_text(text, "p.toml")
+    [warning] = ps.warnings
+    assert (warning.path, warning.line, warning.severity) == (
+        "policies.p.retry.max_delay",
+        4,
+        "warning",
+    )
+    assert warning.message.startswith(
+        "max_delay (500ms) is smaller than initial_delay (2s): every delay is capped at max_delay"
+    )
+    assert problems(text, strict=True) == [("policies.p.retry.max_delay", 4, warning.message)]

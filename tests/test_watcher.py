@@ -1,5 +1,7 @@
 """The file watcher on a real file system, with inotify and with polling: in-place writes, atomic
 replaces, delete and re-create, ConfigMap symlink swaps, directories of policies, the backstop.
+Each case runs on both paths: the loop watcher (the engine loaded inside a running asyncio loop,
+here one running in a thread of its own) and the thread watcher (loaded outside any loop).
 
 No test sleeps a fixed time to let the watcher act: each waits for the reload it expects (an
 event, or `status()`), with a deadline, so it is fast when things work and slow only on failure.
@@ -8,6 +10,7 @@ event, or `status()`), with a deadline, so it is fast when things work and slow 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import threading
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polling import wait_until
+from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import Engine, Event
@@ -77,16 +80,39 @@ def polling(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
+@pytest.fixture(params=["loop", "thread"])
+def on(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def watch(polling: bool) -> Iterator[Callable[..., tuple[Engine, Events]]]:
-    """Load a path with watching on (fast polling in polling mode); closed after the test."""
+def app_loop(on: str) -> Iterator[asyncio.AbstractEventLoop | None]:
+    """The application's loop for the loop path (None on the thread path)."""
+    with LoopThread() if on == "loop" else contextlib.nullcontext() as loop:
+        yield loop
+
+
+def load_on(loop: asyncio.AbstractEventLoop | None, path: Path, **options: Any) -> Engine:
+    """`load(path, watch=True)` inside the running `loop` (so it binds to it), or here."""
+    if loop is None:
+        return policyengine.load(path, watch=True, default=False, **options)
+    return run_on(loop, lambda: policyengine.load(path, watch=True, default=False, **options))
+
+
+@pytest.fixture
+def watch(
+    polling: bool, on: str, app_loop: asyncio.AbstractEventLoop | None
+) -> Iterator[Callable[..., tuple[Engine, Events]]]:
+    """Load a path with watching on (fast polling in polling mode), on the loop or a thread;
+    closed after the test."""
     engines: list[Engine] = []
 
     def make(path: Path, **options: Any) -> tuple[Engine, Events]:
         options.setdefault("force_polling", polling)
         options.setdefault("poll_interval", 0.05)
-        engine = policyengine.load(path, watch=True, default=False, **options)
+        engine = load_on(app_loop, path, **options)
         engines.append(engine)
+        assert engine.status()["watch"]["on"] == on
         events = Events(engine)
         watcher = engine._watcher
         wait_until(lambda: watcher.looks >= 1, "the start-up look")
@@ -253,7 +279,9 @@ def test_a_directory_of_policies(tmp_path: Path, watch: Callable[..., Any]) -> N
     assert engine._watcher.looks == looks + 1  # notes.txt alone never caused a look
 
 
-def test_the_backstop_catches_what_events_miss(tmp_path: Path, polling: bool) -> None:
+def test_the_backstop_catches_what_events_miss(
+    tmp_path: Path, polling: bool, app_loop: asyncio.AbstractEventLoop | None
+) -> None:
     """A policy file symlinked from another directory: its edits raise no event where we watch."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -261,9 +289,7 @@ def test_the_backstop_catches_what_events_miss(tmp_path: Path, polling: bool) ->
     here = tmp_path / "here"
     here.mkdir()
     os.symlink(elsewhere / "real.toml", here / "policies.toml")
-    with policyengine.load(
-        here / "policies.toml", watch=True, default=False, force_polling=polling, backstop=0.05
-    ) as engine:
+    with load_on(app_loop, here / "policies.toml", force_polling=polling, backstop=0.05) as engine:
         (elsewhere / "real.toml").write_text(policy(7))
         wait_until(lambda: limit_of(engine) == 7, "the backstop re-read")
 
@@ -307,41 +333,89 @@ def test_polling_follows_the_watchfiles_environment(
         assert watched.status()["watch"]["polling"] is True
 
 
-def test_close_stops_the_thread_promptly_and_status_still_answers(
-    tmp_path: Path, watch: Callable[..., Any]
+def test_close_stops_the_watch_promptly_and_status_still_answers(
+    tmp_path: Path, watch: Callable[..., Any], on: str
 ) -> None:
     f = tmp_path / "policies.toml"
     f.write_text(policy(1))
-    engine, _ = watch(f)
-    thread = engine._watcher._thread
-    assert thread.is_alive() and thread.daemon
+    engine, events = watch(f)
+    watcher = engine._watcher
+    thread = getattr(watcher, "_thread", None)
+    assert watcher.describe()["alive"]
+    if on == "thread":
+        assert thread is not None and thread.is_alive() and thread.daemon
     started = time.perf_counter()
     engine.close()
     assert time.perf_counter() - started < 1.0
-    assert not thread.is_alive()
+    wait_until(lambda: not watcher.describe()["alive"], "the watch to end")
+    if on == "loop":
+        wait_until(lambda: watcher._inotify is None, "the descriptor closed on the loop")
+    else:
+        assert thread is not None and not thread.is_alive()
     status = engine.status()
     assert status["watching"] is False and status["version"]
+    looks = watcher.looks
+    f.write_text(policy(2))  # nothing watches any more
+    assert engine.reload() is True  # an explicit reload still works
+    assert watcher.looks == looks and events.count("reload") == 1
     with pytest.raises(RuntimeError):
         engine.watch()
 
 
-def test_a_listener_may_close_the_engine_from_the_watcher_thread(tmp_path: Path) -> None:
+def test_a_listener_may_close_the_engine_from_the_watch(
+    tmp_path: Path, app_loop: asyncio.AbstractEventLoop | None
+) -> None:
+    """A listener runs where the watch runs (its thread, or the loop): closing from there ends
+    the watch once the listener returns."""
     f = tmp_path / "policies.toml"
     f.write_text(policy(1))
-    engine = policyengine.load(f, watch=True, default=False)
-    thread = engine._watcher._thread
+    engine = load_on(app_loop, f)
+    watcher = engine._watcher
     engine.add_listener(lambda e: engine.close() if e.name == "reload" else None)
     f.write_text(policy(2))
-    wait_until(lambda: not thread.is_alive(), "the watcher to end")
+    wait_until(lambda: not watcher.describe()["alive"], "the watcher to end")
     assert engine.status()["watching"] is False and limit_of(engine) == 2
 
 
-async def test_watching_from_an_asyncio_application(
-    tmp_path: Path, watch: Callable[..., Any]
+def test_bind_moves_a_thread_watch_onto_the_loop(tmp_path: Path) -> None:
+    """An engine loaded at import time (no loop yet) watches from a thread; `bind(loop)` from
+    the application's startup moves the watch onto the loop, and edits keep applying."""
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    with LoopThread() as loop, policyengine.load(f, watch=True, default=False) as engine:
+        thread_watcher = engine._watcher
+        assert engine.status()["watch"]["on"] == "thread" and engine.loop is None
+        engine.bind(loop)  # from another thread than the loop's
+        assert engine.loop is loop and engine.status()["watch"]["on"] == "loop"
+        assert not thread_watcher.describe()["alive"]
+        atomic_write(f, policy(6))
+        wait_for_version(engine, policy(6))
+        run_on(loop, lambda: engine.bind())  # binding again to the same loop changes nothing
+        assert engine.status()["watch"]["on"] == "loop"
+
+
+def test_polling_follows_the_watchfiles_environment_on_the_loop_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     f = tmp_path / "policies.toml"
     f.write_text(policy(1))
-    engine: Engine = watch(f)[0]
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "yes")
+    monkeypatch.setenv("WATCHFILES_POLL_DELAY_MS", "20")
+    with LoopThread() as loop, load_on(loop, f) as engine:
+        watch = engine.status()["watch"]
+        assert (watch["on"], watch["polling"], watch["poll_interval"]) == ("loop", True, 0.02)
+        f.write_text(policy(3))
+        wait_for_version(engine, policy(3))
+
+
+async def test_watching_from_an_asyncio_application(tmp_path: Path) -> None:
+    """`load()` inside the application's own loop binds to it: the watch, the read (off the
+    loop) and the swap (on it) all happen while the loop keeps calling guards."""
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine = policyengine.load(f, watch=True, default=False)
+    assert engine.loop is asyncio.get_running_loop()
+    assert engine.status()["watch"]["on"] == "loop"
     g = engine.guard("db")
 
     async def work() -> int:
@@ -349,8 +423,25 @@ async def test_watching_from_an_asyncio_application(
         assert bulkhead is not None
         return bulkhead.max_concurrent
 
-    assert await g.call(work) == 1
-    atomic_write(f, policy(9))
-    async with asyncio.timeout(TIMEOUT):
-        while await g.call(work) != 9:  # the loop keeps running while the thread reloads
-            await asyncio.sleep(0.002)
+    try:
+        assert await g.call(work) == 1
+        atomic_write(f, policy(9))
+        async with asyncio.timeout(TIMEOUT):
+            while await g.call(work) != 9:  # the loop never pauses: the reload comes to it
+                await asyncio.sleep(0)
+    finally:
+        engine.close()
+
+
+async def test_a_thread_watch_serves_an_engine_loaded_outside_the_loop(tmp_path: Path) -> None:
+    f = tmp_path / "policies.toml"
+    f.write_text(policy(1))
+    engine = await asyncio.to_thread(policyengine.load, f, watch=True, default=False)
+    try:
+        assert engine.loop is None and engine.status()["watch"]["on"] == "thread"
+        atomic_write(f, policy(4))
+        async with asyncio.timeout(TIMEOUT):
+            while limit_of(engine) != 4:
+                await asyncio.sleep(0.002)
+    finally:
+        engine.close()

@@ -52,7 +52,7 @@ class LiveView:
 
     def _render(self, rows: list[Row], frame: Frame) -> RenderableType:
         head = Text.assemble(
-            ("policyengine demo", "bold"),
+            (frame.title, "bold"),
             f"  {frame.path}  version ",
             (frame.version, "bold"),
             f"  {frame.elapsed:5.1f}s",
@@ -70,8 +70,10 @@ class LiveView:
         else:
             reload = Text(f"last reload: {self._last_reload.text}", style="green")
         recent = [Text(notice_line(n), style=_NOTICE_STYLES.get(n.kind, "")) for n in self._recent]
-        parts: list[RenderableType] = [head, phase, *renderables(rows), reload]
+        parts: list[RenderableType] = [head, *([phase] if frame.phase_count else [])]
+        parts += [*renderables(rows), reload]
         if recent:
             parts.append(Panel(Group(*recent), title="recent events", title_align="left"))
-        parts.append(Text(self._invitation, style="dim"))
+        if self._invitation:
+            parts.append(Text(self._invitation, style="dim"))
         return Group(*parts)

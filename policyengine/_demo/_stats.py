@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._engine import Engine
 from .._events import Event
 
-__all__ = ["Notice", "Row", "Sampler"]
+__all__ = ["Notice", "Row", "RowBuilder", "Sampler"]
 
 REASONS = ("circuit_open", "bulkhead_full", "budget_exhausted")
 _RATE_WINDOW = 1.0  # seconds of samples behind calls/s, ok %, and the per-second counts
 _LATENCY_WINDOW = 3.0  # seconds of samples behind p50 / p99 (more calls, steadier bounds)
 HISTORY_STEP = 0.5  # seconds between two points of the failure history (the sparkline)
+
+Snapshot = Mapping[str, Any]
+"""A guard's metrics: a `GuardSnapshot` (the demo), or its JSON from ``/status`` (`top`)."""
 
 
 @dataclass(slots=True)
@@ -41,7 +44,7 @@ class Row:
     p99: float | None = None
     bulkhead: tuple[int, int, int] | None = None  # (in use, max_concurrent, queued)
     history: list[float] = field(default_factory=list)  # failure share, every HISTORY_STEP s
-    totals: dict[str, Any] = field(default_factory=dict)
+    totals: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,7 @@ def _quantile(buckets: Sequence[tuple[float, int]], q: float) -> float | None:
     return float("inf")
 
 
-def _buckets(snapshot: dict[str, Any]) -> list[tuple[float, int]]:
+def _buckets(snapshot: Mapping[str, Any]) -> list[tuple[float, int]]:
     """Every bucket, the +Inf one included (the snapshot's list stops at the last bound)."""
     duration = snapshot["duration"]
     pairs: list[tuple[float, int]] = list(duration["buckets"])
@@ -74,17 +77,114 @@ def _buckets(snapshot: dict[str, Any]) -> list[tuple[float, int]]:
     return [*pairs, (float("inf"), overflow)]
 
 
-class Sampler:
+class RowBuilder:
+    """Turns successive metrics snapshots of named guards into rows: rates over the last
+    second, latency bounds over the last few, a failure history. The demo feeds it from its
+    engine (`Sampler`), ``policyengine top`` from a service's ``/status`` (`policyengine._top`).
+
+    A snapshot is what ``Guard.snapshot()`` gives (``/status`` lists the same per guard).
+    """
+
+    def __init__(self, names: Sequence[str], *, history: int = 24) -> None:
+        self.names = list(names)
+        self._samples: dict[str, collections.deque[tuple[float, Snapshot]]] = {}
+        self._history: dict[str, collections.deque[float]] = {}
+        self._history_at: dict[str, float] = {}
+        self._history_len = history
+        for name in self.names:
+            self._track(name)
+
+    def _track(self, name: str) -> None:
+        self._samples[name] = collections.deque()
+        self._history[name] = collections.deque(maxlen=self._history_len)
+        self._history_at[name] = 0.0
+
+    def row(self, name: str, mode: str, now: float, snap: Snapshot) -> Row:
+        """The row of guard `name` from its snapshot taken at `now` (monotonic seconds)."""
+        if name not in self._samples:
+            self._track(name)
+        samples = self._samples[name]
+        samples.append((now, snap))
+        while len(samples) > 2 and now - samples[1][0] >= _LATENCY_WINDOW:
+            samples.popleft()
+        return self._row(name, mode, now, snap, samples)
+
+    def _row(
+        self,
+        name: str,
+        mode: str,
+        now: float,
+        snap: Snapshot,
+        samples: collections.deque[tuple[float, Snapshot]],
+    ) -> Row:
+        row = Row(name, mode, snap["state"], totals=snap)
+        bulkhead = snap.get("bulkhead")
+        if bulkhead is not None:
+            used = bulkhead["active"] if mode == "enforce" else snap["in_flight"]
+            row.bulkhead = (used, bulkhead["max_concurrent"], snap["queued"])
+        history = self._history[name]
+        base_t, base = next(((t, s) for t, s in samples if now - t <= _RATE_WINDOW), samples[-1])
+        span = now - base_t
+        if span <= 0:
+            row.history = list(history)
+            return row
+
+        def rate(key: str) -> float:
+            return float(snap[key] - base[key]) / span
+
+        calls = snap["calls"] - base["calls"]
+        row.calls_per_s = calls / span
+        row.retries_per_s = rate("retries")
+        row.fallbacks_per_s = rate("fallbacks")
+        row.timeouts_per_s = rate("timeouts")
+        row.rejected_per_s = {
+            r: (snap["rejections"][r] - base["rejections"][r]) / span for r in REASONS
+        }
+        if mode == "observe":
+            row.rejected_per_s["would_reject"] = (
+                snap["observed"]["would_reject"] - base["observed"]["would_reject"]
+            ) / span
+        if calls > 0:
+            row.ok_rate = min(1.0, (snap["successes"] - base["successes"]) / calls)
+            if now - self._history_at[name] >= HISTORY_STEP:
+                self._history_at[name] = now
+                history.append(1.0 - row.ok_rate)
+        row.history = list(history)
+        oldest = samples[0][1]
+        delta = [
+            (bound, n - m)
+            for (bound, n), (_, m) in zip(_buckets(snap), _buckets(oldest), strict=True)
+        ]
+        row.p50, row.p99 = _quantile(delta, 0.5), _quantile(delta, 0.99)
+        return row
+
+
+def state_notice(at: float, guard: str, data: dict[str, Any]) -> Notice:
+    """The notice of a ``state_change`` event's data."""
+    text = f"{data.get('from')} -> {data.get('to')} ({data.get('reason', '')})"
+    return Notice(at, "state", guard, text)
+
+
+def rejected_notice(at: float, error: object, version: str) -> Notice:
+    """The notice of a ``reload_failed`` event: the first problems of the error."""
+    lines = str(error or "").strip().splitlines()
+    detail = "; ".join(line.strip() for line in lines[1:4]) or (lines[0] if lines else "")
+    return Notice(at, "rejected", "*", f"edit rejected, version {version} keeps serving: {detail}")
+
+
+def applied_notice(at: float, version: str, policies: dict[str, str]) -> Notice:
+    """The notice of a ``reload`` event, with the policies it changed."""
+    changed = [n for n, c in policies.items() if c != "unchanged"]
+    what = ", ".join(changed) if changed else "no policy changed"
+    return Notice(at, "reload", "*", f"applied version {version} ({what})")
+
+
+class Sampler(RowBuilder):
     """Samples the engine's guards each tick and turns engine events into notices."""
 
     def __init__(self, engine: Engine, names: Sequence[str], *, history: int = 24) -> None:
+        super().__init__(names, history=history)
         self.engine = engine
-        self.names = list(names)
-        self._samples: dict[str, collections.deque[tuple[float, dict[str, Any]]]] = {
-            n: collections.deque() for n in self.names
-        }
-        self._history = {n: collections.deque[float](maxlen=history) for n in self.names}
-        self._history_at = dict.fromkeys(self.names, 0.0)
         self._events: collections.deque[Event] = collections.deque()
         self.t0 = time.monotonic()
         self.trips: dict[str, int] = dict.fromkeys(self.names, 0)
@@ -117,18 +217,12 @@ class Sampler:
                 self.trips[event.guard] = self.trips.get(event.guard, 0) + 1
             if after == "closed" and before != "closed":
                 self.recoveries[event.guard] = self.recoveries.get(event.guard, 0) + 1
-            text = f"{before} -> {after} ({data.get('reason', '')})"
-            return Notice(at, "state", event.guard, text)
+            return state_notice(at, event.guard, data)
         if event.name == "reload":
             self.version = str(data.get("version", "?"))
-            changed = [n for n, c in self.engine.status()["policies"].items() if c != "unchanged"]
-            what = ", ".join(changed) if changed else "no policy changed"
-            notice = Notice(at, "reload", "*", f"applied version {self.version} ({what})")
+            notice = applied_notice(at, self.version, self.engine.status()["policies"])
         else:
-            error = str(data.get("error", "")).strip().splitlines()
-            detail = "; ".join(line.strip() for line in error[1:4]) or (error[0] if error else "")
-            text = f"edit rejected, version {self.version} keeps serving: {detail}"
-            notice = Notice(at, "rejected", "*", text)
+            notice = rejected_notice(at, data.get("error"), self.version)
         self.last_reload = notice
         return notice
 
@@ -139,59 +233,5 @@ class Sampler:
         rows = []
         for name in self.names:
             handle = self.engine.guard(name)
-            snap = handle.metrics()
-            samples = self._samples[name]
-            samples.append((now, snap))
-            while len(samples) > 2 and now - samples[1][0] >= _LATENCY_WINDOW:
-                samples.popleft()
-            rows.append(self._row(name, handle.current(), now, snap, samples))
+            rows.append(self.row(name, handle.current().mode, now, handle.metrics()))
         return rows
-
-    def _row(
-        self,
-        name: str,
-        guard: Any,
-        now: float,
-        snap: dict[str, Any],
-        samples: collections.deque[tuple[float, dict[str, Any]]],
-    ) -> Row:
-        row = Row(name, guard.mode, snap["state"], totals=snap)
-        bulkhead = guard.bulkhead
-        if bulkhead is not None:
-            used = bulkhead.active if guard.mode == "enforce" else snap["in_flight"]
-            row.bulkhead = (used, bulkhead.max_concurrent, snap["queued"])
-        history = self._history[name]
-        base_t, base = next(((t, s) for t, s in samples if now - t <= _RATE_WINDOW), samples[-1])
-        span = now - base_t
-        if span <= 0:
-            row.history = list(history)
-            return row
-
-        def rate(key: str) -> float:
-            return float(snap[key] - base[key]) / span
-
-        calls = snap["calls"] - base["calls"]
-        row.calls_per_s = calls / span
-        row.retries_per_s = rate("retries")
-        row.fallbacks_per_s = rate("fallbacks")
-        row.timeouts_per_s = rate("timeouts")
-        row.rejected_per_s = {
-            r: (snap["rejections"][r] - base["rejections"][r]) / span for r in REASONS
-        }
-        if guard.mode == "observe":
-            row.rejected_per_s["would_reject"] = (
-                snap["observed"]["would_reject"] - base["observed"]["would_reject"]
-            ) / span
-        if calls > 0:
-            row.ok_rate = min(1.0, (snap["successes"] - base["successes"]) / calls)
-            if now - self._history_at[name] >= HISTORY_STEP:
-                self._history_at[name] = now
-                history.append(1.0 - row.ok_rate)
-        row.history = list(history)
-        oldest = samples[0][1]
-        delta = [
-            (bound, n - m)
-            for (bound, n), (_, m) in zip(_buckets(snap), _buckets(oldest), strict=True)
-        ]
-        row.p50, row.p99 = _quantile(delta, 0.5), _quantile(delta, 0.99)
-        return row

@@ -43,6 +43,7 @@ class Frame:
     caption: str
     path: str
     version: str
+    title: str = "policyengine demo"  # `policyengine top` shows its own; phase_count 0: none
 
 
 class View(Protocol):
@@ -165,7 +166,10 @@ def make_view(no_tty: bool, stream: TextIO | None = None) -> tuple[View, str | N
     if no_tty:
         return PlainView(stream), None
     if not rich_available():
-        note = "rich is not installed (pip install 'policyengine[demo]'): showing plain lines"
+        note = (
+            "rich is not installed (pip install 'resilience-policyengine[demo]'): "
+            "showing plain lines"
+        )
         return PlainView(stream), note
     if not stream.isatty():
         return PlainView(stream), "output is not a terminal: showing plain lines (--no-tty)"

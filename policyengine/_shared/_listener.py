@@ -45,7 +45,7 @@ async def listen(backend: RedisBackend) -> None:
             backend.rotate_subscriber()
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
         await asyncio.sleep(RETRY_EVERY)
 
 
