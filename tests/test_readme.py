@@ -370,8 +370,9 @@ readme_rollout.register(scenario)  # the record -> suggest -> simulate example
 @scenario("check", "layout")
 def _layout(block: Block) -> None:
     """Every directory and file the layout names exists: names on an indented line are in the
-    directory of the last unindented line; on an unindented line, a name with a slash is in the
-    repository's root and a bare file name is in the line's first directory."""
+    directory of the last unindented line (a file after a directory on the same indented line
+    is in that directory); on an unindented line, a name with a slash is in the repository's
+    root and a bare file name is in the line's first directory."""
     section = ROOT
     for number, line in enumerate(block.text.splitlines(), start=block.line + 1):
         indented = line[:1].isspace()
@@ -380,8 +381,13 @@ def _layout(block: Block) -> None:
         )
         if not indented and tokens:
             section = ROOT / tokens[0]
+        within = section
         for token in tokens:
-            path = section / token if indented or "/" not in token else ROOT / token
+            if indented and token.endswith("/"):
+                within = section / token
+                path = within
+            else:
+                path = within / token if indented or "/" not in token else ROOT / token
             if not path.exists():
                 fail(f"README.md:{number}: the layout names {token!r}, but {path} does not exist")
 
