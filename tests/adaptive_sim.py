@@ -13,8 +13,8 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from policyengine._adaptive import AdaptiveLimit
-from policyengine._bulkhead import Bulkhead
+from policyengine._patterns.adaptive import AdaptiveLimit
+from policyengine._patterns.bulkhead import Bulkhead
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A reference model of the circuit breaker: the rules of POLICY-FORMAT.md in plain Python.
 
-Written from the contract and the `_breaker` module docstring, not from the implementation:
+Written from the contract and the `_patterns.breaker` module docstring, not from the implementation:
 no windows in buckets, no permits packed in integers, no lock, no fast paths. Each rule is a
 few lines, so a disagreement with the real `Breaker` is easy to judge. `test_breaker_model`
 drives both with random sequences and compares them after every step.

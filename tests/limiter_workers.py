@@ -13,8 +13,8 @@ def hammer(url: str, prefix: str, rates: list[str], processes: int, secs: float,
     """Offer an attempt every millisecond for `secs` once `processes` are live; report the start
     times admitted, and any error other than a rate-limit rejection."""
     from policyengine import RateLimitedError
-    from policyengine._admission_models import RateLimitOptions
-    from policyengine._clock import MonotonicClock
+    from policyengine._config.admission_models import RateLimitOptions
+    from policyengine._runtime.clock import MonotonicClock
     from policyengine._shared._limiter import LimiterStore, SharedRateLimiter
 
     ready, go, out = q

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from policyengine._engine import Engine
-from policyengine._events import Event
-from policyengine._loader import load_text
-from policyengine._record import RecordOptions, TraceWriter
-from policyengine._recorder import Recorder, Recording
-from policyengine._vloop import LoopClock, VirtualLoop, run_virtual
+from policyengine._config.loader import load_text
+from policyengine._registry.engine import Engine
+from policyengine._rollout.record import RecordOptions, TraceWriter
+from policyengine._rollout.recorder import Recorder, Recording
+from policyengine._rollout.vloop import LoopClock, VirtualLoop, run_virtual
+from policyengine._telemetry.events import Event
 from policyengine.exceptions import RejectedError
 
 # t -> (duration, outcome "success" | "failure" | "hang", error type)

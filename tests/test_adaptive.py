@@ -11,9 +11,16 @@ import threading
 
 import pytest
 
-from policyengine._adaptive import AIMD, AdaptiveLimit, Gradient2, Vegas, is_drop, make_algorithm
-from policyengine._bulkhead import Bulkhead
-from policyengine._models import BulkheadOptions
+from policyengine._config.models import BulkheadOptions
+from policyengine._patterns.adaptive import (
+    AIMD,
+    AdaptiveLimit,
+    Gradient2,
+    Vegas,
+    is_drop,
+    make_algorithm,
+)
+from policyengine._patterns.bulkhead import Bulkhead
 from policyengine.exceptions import BulkheadFullError, CircuitOpenError
 from tests.adaptive_sim import simulate
 

@@ -28,10 +28,10 @@ from hypothesis.stateful import (
 )
 
 import policyengine
-from policyengine._breaker import Breaker
-from policyengine._events import Event
-from policyengine._loader import load_text
-from policyengine._models import BreakerOptions
+from policyengine._config.loader import load_text
+from policyengine._config.models import BreakerOptions
+from policyengine._patterns.breaker import Breaker
+from policyengine._telemetry.events import Event
 from policyengine.exceptions import CircuitOpenError
 from policyengine.testing import FakeClock
 

@@ -23,7 +23,7 @@ import pytest
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
-from policyengine._cli import main
+from policyengine._commands.cli import main
 
 pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
 from fleet_workers import watch_worker

@@ -114,7 +114,7 @@ RULE = 'consecutive_failures = 2\nopen_duration = "1h"'
 def test_a_bad_url_is_a_validation_error_at_its_line(
     tmp_path: Path, url: str, says: str, parser_says: str
 ) -> None:
-    """The loader checks a url's shape (`_state_url`) before any store client sees it; the
+    """The loader checks a url's shape (`_config.state_url`) before any store client sees it; the
     clients' own parser refuses the same urls, for code that builds a store directly."""
     path = tmp_path / "p.toml"
     good = policies("redis://127.0.0.1:1/0", "p", "")

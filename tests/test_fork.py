@@ -30,7 +30,7 @@ from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
-from policyengine._loader import load_text
+from policyengine._config.loader import load_text
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork"), reason="needs os.fork(), which this platform does not have"
@@ -204,7 +204,7 @@ def test_locks_held_by_another_thread_at_the_fork_do_not_deadlock_the_child(
 ) -> None:
     """A thread holds every lock a call, a reload or the default engine takes at the moment of
     the fork (and releases them in the parent only): the child must not wait for them."""
-    from policyengine import _default
+    from policyengine._registry import default as _default
 
     path = tmp_path / "policies.toml"
     path.write_text(EVERYTHING.format(limit=2))

@@ -14,7 +14,7 @@ import pytest
 
 import policyengine
 from policyengine import Engine
-from policyengine._adaptive import AdaptiveLimit
+from policyengine._patterns.adaptive import AdaptiveLimit
 from policyengine.exceptions import GuardTimeoutError
 from tests.virtual_loop import run
 

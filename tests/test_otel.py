@@ -12,7 +12,7 @@ from scripted import API, ok, script
 
 import policyengine
 from policyengine import Engine
-from policyengine._metrics import DURATION_BUCKETS
+from policyengine._telemetry.metrics import DURATION_BUCKETS
 from policyengine.otel import EVENTS, instrument
 from policyengine.testing import FakeClock
 

@@ -13,7 +13,7 @@ from scripted import API, ok, script
 
 import policyengine
 from policyengine import BulkheadFullError, Engine
-from policyengine._metrics import DURATION_BUCKETS
+from policyengine._telemetry.metrics import DURATION_BUCKETS
 from policyengine.prometheus import PolicyEngineCollector
 from policyengine.testing import FakeClock
 

@@ -66,9 +66,11 @@ import pytest
 import readme_rollout
 
 import policyengine
-from policyengine import Engine, _cli, _default
-from policyengine._http_fallback import UnusableFallbackError
-from policyengine._loader import load_path, load_text
+from policyengine import Engine
+from policyengine._commands import cli as _cli
+from policyengine._config.loader import load_path, load_text
+from policyengine._patterns.http_fallback import UnusableFallbackError
+from policyengine._registry import default as _default
 from policyengine.exceptions import PolicyValidationError
 from policyengine.testing import FakeClock
 

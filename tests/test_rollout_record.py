@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import policyengine
-from policyengine._loader import load_text
-from policyengine._record import RecordOptions, TraceWriter
-from policyengine._recorder import Recorder, Recording
-from policyengine._trace import TraceError, read_trace
+from policyengine._config.loader import load_text
+from policyengine._rollout.record import RecordOptions, TraceWriter
+from policyengine._rollout.recorder import Recorder, Recording
+from policyengine._rollout.trace import TraceError, read_trace
 from policyengine.testing import FakeClock
 
 

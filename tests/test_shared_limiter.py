@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from policyengine import RateLimitedError
-from policyengine._admission_models import RateLimitOptions
-from policyengine._clock import MonotonicClock
+from policyengine._config.admission_models import RateLimitOptions
+from policyengine._runtime.clock import MonotonicClock
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
 from limiter_workers import hammer  # noqa: E402

@@ -21,7 +21,7 @@ import pytest
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
-from policyengine._loader import load_text
+from policyengine._config.loader import load_text
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
 from polling import wait_until  # noqa: E402
@@ -153,7 +153,7 @@ def test_store_down_at_construction_falls_back_to_the_local_breaker(
 
 
 def test_only_shared_breakers_use_the_store() -> None:
-    from policyengine._breaker import Breaker
+    from policyengine._patterns.breaker import Breaker
     from policyengine._shared._shared_breaker import SharedBreaker
 
     text = policies("redis://127.0.0.1:1/0", prefix(), "").replace("shared = true", "")
@@ -695,7 +695,7 @@ def test_memory_to_redis_by_a_reload_shares_the_breaker(
 def test_redis_to_memory_makes_shared_breakers_local_and_closes_the_old_backend(
     server: RedisServer, files: Callable[[str, str], Engine]
 ) -> None:
-    from policyengine._breaker import Breaker
+    from policyengine._patterns.breaker import Breaker
 
     p = prefix()
     text = policies(server.url, p, "consecutive_failures = 2")

@@ -24,8 +24,8 @@ from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import Engine, Event
-from policyengine._loader import load_text
-from policyengine._watcher import Watcher
+from policyengine._config.loader import load_text
+from policyengine._registry.watcher import Watcher
 
 TIMEOUT = 5.0
 
