@@ -160,9 +160,33 @@ class Attempt:
             raise error from None
         if timer is not None:
             timer.disarm()
+        self.granted()
+
+    def granted(self) -> None:
+        """The queue handed this attempt its slot; its clock starts now."""
         self.slot = True
+        guard = self.guard
         if guard.clocked:
             self.started = guard.clock.now()
+
+    def left_queue(self, future: asyncio.Future[None], exc: BaseException) -> None:
+        """An unbounded wait in the queue ended by `exc` (a cancellation): out of the queue (a
+        slot granted in that very moment is passed on), everything given back."""
+        self.guard.bulkhead.leave_queue(future)  # type: ignore[union-attr]
+        self.give_back(outcome_of(exc, False), exc)
+
+    def arm(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+        """The attempt's deadline, min(total deadline, now + attempt timeout), armed on the
+        guard's deadline queue; None when neither bounds it."""
+        guard = self.guard
+        when = deadline
+        if guard.attempt_timeout is not None:
+            end = loop.time() + guard.attempt_timeout
+            if when is None or end < when:
+                when = end
+        if when is not None:
+            self.timer = guard.deadline(loop, asyncio.current_task(loop), when)  # type: ignore[arg-type]
+        return when
 
     def _queue_error(
         self, exc: BaseException, timer: Deadline | None, total: bool

@@ -120,14 +120,16 @@ async def run(
                     await layer_wait(guard, attempt, wait, loop, deadline)
             slot = attempt.enter(loop)
             if slot is not None:
-                await attempt.wait_slot(slot, loop, deadline)
-            when = deadline
-            if guard.attempt_timeout is not None:
-                end = loop.time() + guard.attempt_timeout
-                if when is None or end < when:
-                    when = end
-            if when is not None:
-                attempt.timer = guard.deadline(loop, _current_task(loop), when)  # type: ignore[arg-type]
+                if guard.bounded_wait:
+                    await attempt.wait_slot(slot, loop, deadline)
+                else:  # unbounded: the queue's future, awaited right here (no coroutine)
+                    try:
+                        await slot
+                    except BaseException as exc:
+                        attempt.left_queue(slot, exc)
+                        raise
+                    attempt.granted()
+            when = attempt.arm(loop, deadline)
             awaited: object = NOT_CALLED
             try:
                 if guard.threaded:
