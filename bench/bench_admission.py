@@ -241,10 +241,9 @@ async def accuracy(secs: float) -> dict[str, tuple[int, int]]:
 
 def shared(n: int) -> dict[str, tuple[float, float]] | str:
     try:
-        from redis_server import RedisServer
-
         from policyengine._runtime.clock import MonotonicClock
         from policyengine._shared._limiter import LimiterStore, SharedRateLimiter
+        from tests.helpers.redis_server import RedisServer
     except ImportError as exc:
         return f"skipped: {exc}"
     with tempfile.TemporaryDirectory() as tmp:

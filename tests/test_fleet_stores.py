@@ -21,9 +21,9 @@ from policyengine import CircuitOpenError, Engine
 from policyengine._shared._address import parse_url
 
 pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-from polling import wait_until
-from redis_server import RedisServer, free_port, policies
-from redis_topologies import Cluster, SentinelSet, raw
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import RedisServer, free_port, policies
+from tests.helpers.redis_topologies import Cluster, SentinelSet, raw
 
 pytestmark = pytest.mark.redis
 

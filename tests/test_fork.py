@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from forking import CHILD_TIMEOUT, run_in_child
-from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
 from policyengine._config.loader import load_text
+from tests.helpers.forking import CHILD_TIMEOUT, run_in_child
+from tests.helpers.polling import LoopThread, run_on, wait_until
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork"), reason="needs os.fork(), which this platform does not have"
@@ -320,7 +320,7 @@ def test_the_fork_registry_does_not_keep_engines_alive() -> None:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway redis-server, as in test_shared_redis (which skips the same way)."""
     pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-    from redis_server import RedisServer
+    from tests.helpers.redis_server import RedisServer
 
     server = RedisServer.start_new(tmp_path_factory.mktemp("redis"))
     if server is None:
@@ -330,7 +330,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def redis_policies(url: str, breaker: str) -> str:
-    from redis_server import policies
+    from tests.helpers.redis_server import policies
 
     return policies(url, f"t{uuid.uuid4().hex[:10]}", breaker)
 

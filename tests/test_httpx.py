@@ -206,15 +206,15 @@ FALLBACKS = """
 [policies.handler.breaker]
 force = "open"
 [policies.handler.fallback]
-handler = "http_fallbacks:cached_response"
+handler = "tests.helpers.http_fallbacks:cached_response"
 
 [policies.annotated_dict.fallback]
-handler = "http_fallbacks:cached_dict"
+handler = "tests.helpers.http_fallbacks:cached_dict"
 
 [policies.unannotated.breaker]
 force = "open"
 [policies.unannotated.fallback]
-handler = "http_fallbacks:unannotated"
+handler = "tests.helpers.http_fallbacks:unannotated"
 
 [policies.observed]
 mode = "observe"

@@ -491,9 +491,8 @@ async def test_opentelemetry_shows_the_same_bounded_view(
 def test_locks_held_at_a_fork_do_not_deadlock_a_keyed_call_in_the_child(
     make_engine: Callable[[str], Engine],
 ) -> None:
-    from forking import CHILD_TIMEOUT, run_in_child
-
     from policyengine._keys.keyed_handle import partition_of
+    from tests.helpers.forking import CHILD_TIMEOUT, run_in_child
 
     engine = make_engine(UPSTREAMS)
     engine.guard("upstreams").key("a").call_sync(lambda: 1)

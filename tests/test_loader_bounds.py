@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from polling import wait_until
 
 import policyengine
 from policyengine._config.files import MAX_DEPTH, MAX_FILE_BYTES
 from policyengine._config.loader import PolicySet, load_path, load_text
 from policyengine.exceptions import PolicyIssue, PolicyValidationError
+from tests.helpers.polling import wait_until
 
 GOOD = '[policies.p]\ntimeout = { total = "1s" }\n'
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import Engine, Event, PolicyValidationError
@@ -21,6 +20,7 @@ from policyengine._config.source import AdjustedSource, FileSource
 from policyengine._registry.onloop import SLICE
 from policyengine.exceptions import PolicyIssue
 from policyengine.testing import FakeClock
+from tests.helpers.polling import LoopThread, run_on, wait_until
 
 BUSY = 50
 

@@ -63,7 +63,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-import readme_rollout
 
 import policyengine
 from policyengine import Engine
@@ -73,6 +72,7 @@ from policyengine._patterns.http_fallback import UnusableFallbackError
 from policyengine._registry import default as _default
 from policyengine.exceptions import PolicyValidationError
 from policyengine.testing import FakeClock
+from tests.helpers import readme_rollout
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -435,9 +435,8 @@ def _top(directory: Path) -> str:
     URL (a free port here) and the stamps of the sample (the interval plus scheduling) are
     written as the README shows them."""
     pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
-    from asgi_servers import serve
-
     from policyengine.asgi import status_app
+    from tests.helpers.asgi_servers import serve
 
     engine = policyengine.load(directory / "policies" / "policies.toml", default=False)
     try:
@@ -470,7 +469,7 @@ def _fastapi(ns: dict[str, Any]) -> Iterator[None]:
     pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
     import os
 
-    from asgi_servers import Downstream, serve
+    from tests.helpers.asgi_servers import Downstream, serve
 
     payments = Downstream("payments")
     with serve(payments) as payments_url:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polling import LoopThread, wait_until
 
 import policyengine
 from policyengine import BulkheadFullError, Engine, Event, UnknownGuardError
@@ -21,6 +20,7 @@ from policyengine._config.loader import load_text
 from policyengine._registry.engine import Engine as EngineClass
 from policyengine._registry.reloads import Reloads
 from policyengine.testing import FakeClock
+from tests.helpers.polling import LoopThread, wait_until
 
 A = '[policies.a.timeout]\nattempt = "2s"\n'
 X = '[policies.x.timeout]\nattempt = "1s"\n'

@@ -189,7 +189,7 @@ def test_a_forked_child_writes_its_own_lines(tmp_path: Path) -> None:
 
     if not hasattr(os, "fork"):
         pytest.skip("no os.fork on this platform")
-    from forking import run_in_child
+    from tests.helpers.forking import run_in_child
 
     engine = policyengine.loads("[policies.g]\n", default=False)
     engine.record(tmp_path / "t.jsonl")

@@ -24,8 +24,8 @@ from policyengine import CircuitOpenError, Engine
 from policyengine._config.loader import load_text
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-from polling import wait_until  # noqa: E402
-from redis_server import RedisServer, policies, probe_worker, trip_worker  # noqa: E402
+from tests.helpers.polling import wait_until  # noqa: E402
+from tests.helpers.redis_server import RedisServer, policies, probe_worker, trip_worker  # noqa: E402
 
 pytestmark = pytest.mark.redis
 
@@ -867,7 +867,7 @@ def test_a_call_in_flight_across_the_swap_finishes_once(server: RedisServer, eng
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 def test_a_backend_replaced_at_runtime_is_restarted_after_fork(server: RedisServer) -> None:
-    from forking import run_in_child
+    from tests.helpers.forking import run_in_child
 
     p = prefix()
     rule = 'consecutive_failures = 1\nopen_duration = "1h"'

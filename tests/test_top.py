@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
 pytest.importorskip("starlette", reason="starlette is not installed: pip install '.[dev]'")
 
-from asgi_servers import Downstream, serve
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -19,6 +18,7 @@ from policyengine import Engine
 from policyengine._commands import cli as _cli
 from policyengine._commands.top import RemoteSampler
 from policyengine.asgi import status_app
+from tests.helpers.asgi_servers import Downstream, serve
 
 POLICIES = """
 schema_version = 1

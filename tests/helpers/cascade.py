@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from asgi_servers import Downstream, serve
-from redis_server import free_port
+
+from tests.helpers.asgi_servers import Downstream, serve
+from tests.helpers.redis_server import free_port
 
 __all__ = ["POLICIES", "Phase", "Result", "measure", "service"]
 
@@ -229,7 +230,8 @@ def _child_service(variant: str, url_a: str, url_b: str) -> Iterator[str]:
     with the load loops and the downstreams."""
     port = free_port()
     code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import cascade; "
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parents[2])!r}); "
+        "from tests.helpers import cascade; "
         f"cascade._serve_child({variant!r}, {url_a!r}, {url_b!r}, {port})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code])

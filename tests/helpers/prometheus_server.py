@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from redis_server import free_port
+from tests.helpers.redis_server import free_port
 
 __all__ = ["SCRAPE_INTERVAL", "PrometheusServer"]
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rollout_live import run_live
+from tests.helpers.rollout_live import run_live
 
 IN_FORCE = """\
 [policies.payments.timeout]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from redis_server import free_port
+from tests.helpers.redis_server import free_port
 
 __all__ = ["Downstream", "serve"]
 

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from redis_server import RedisServer, free_port
+from tests.helpers.redis_server import RedisServer, free_port
 
 __all__ = ["Cluster", "SentinelSet", "raw"]
 
