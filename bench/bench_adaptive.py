@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import policyengine
-from policyengine._adaptive import AdaptiveLimit
+from policyengine._patterns.adaptive import AdaptiveLimit
 from policyengine.exceptions import BulkheadFullError, GuardTimeoutError
 
 C = 8

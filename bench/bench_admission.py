@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import policyengine
 from policyengine import RateLimitedError
-from policyengine._admission_models import RateLimitOptions, ThrottleOptions
-from policyengine._ratelimit import RateLimiter
-from policyengine._throttle import Throttle
+from policyengine._config.admission_models import RateLimitOptions, ThrottleOptions
+from policyengine._patterns.ratelimit import RateLimiter
+from policyengine._patterns.throttle import Throttle
 
 ACCURACY_SECS = 3.0
 HUGE = ["1000000/s"]
@@ -241,10 +241,9 @@ async def accuracy(secs: float) -> dict[str, tuple[int, int]]:
 
 def shared(n: int) -> dict[str, tuple[float, float]] | str:
     try:
-        from redis_server import RedisServer
-
-        from policyengine._clock import MonotonicClock
+        from policyengine._runtime.clock import MonotonicClock
         from policyengine._shared._limiter import LimiterStore, SharedRateLimiter
+        from tests.helpers.redis_server import RedisServer
     except ImportError as exc:
         return f"skipped: {exc}"
     with tempfile.TemporaryDirectory() as tmp:

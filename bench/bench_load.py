@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from policyengine._loader import load_text
+from policyengine._config.loader import load_text
 
 TEMPLATES = """\
 schema_version = 1
@@ -46,16 +46,16 @@ POLICY = """
 
 [policies.svc{i:04d}.retry]
 max_attempts = {attempts}
-retry_on = ["ConnectionError", "TimeoutError", "policyengine.demo_errors.ServiceUnavailable"]
+retry_on = ["ConnectionError", "TimeoutError", "policyengine._demo.errors.ServiceUnavailable"]
 never_retry = [
-  "policyengine.demo_errors.CardDeclined",
-  {{ type = "policyengine.demo_errors.HTTPError", status = ["4xx"], except_status = [408, 429] }},
+  "policyengine._demo.errors.CardDeclined",
+  {{ type = "policyengine._demo.errors.HTTPError", status = ["4xx"], except_status = [408, 429] }},
 ]
 
 [policies.svc{i:04d}.breaker]
 consecutive_failures = {failures}
 open_duration = "{open_s}s"
-ignore = ["policyengine.demo_errors.CardDeclined"]
+ignore = ["policyengine._demo.errors.CardDeclined"]
 
 [policies.svc{i:04d}.bulkhead]
 max_concurrent = {concurrent}

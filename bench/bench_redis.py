@@ -163,8 +163,8 @@ def propagation(url: str, trials: int) -> None:
 
 def start(topology: str, directory: Path) -> Any:
     """A throwaway server set (with `.url` and `.stop()`), or exit saying what is missing."""
-    from redis_server import RedisServer
-    from redis_topologies import Cluster, SentinelSet
+    from tests.helpers.redis_server import RedisServer
+    from tests.helpers.redis_topologies import Cluster, SentinelSet
 
     kinds: dict[str, Any] = {
         "single": RedisServer.start_new,

@@ -42,10 +42,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import policyengine
-from policyengine import Engine, _compile, _loopwatch, _onloop
-from policyengine._clock import MonotonicClock
-from policyengine._events import Listeners
-from policyengine._loader import load_text
+from policyengine import Engine
+from policyengine._config.loader import load_text
+from policyengine._registry import compile as _compile
+from policyengine._registry import loopwatch as _loopwatch
+from policyengine._registry import onloop as _onloop
+from policyengine._runtime.clock import MonotonicClock
+from policyengine._telemetry.events import Listeners
 
 TEXT = '[policies.db.bulkhead]\nmax_concurrent = {n}\nmax_queue = 10\nmax_wait = "1s"\n'
 BUSY = 50

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import POLICIES, ok, timed
 
 import policyengine
-from policyengine._loader import load_text
-from policyengine._simulate import replay
-from policyengine._trace import Attempt, group_calls
+from policyengine._config.loader import load_text
+from policyengine._rollout.simulate import replay
+from policyengine._rollout.trace import Attempt, group_calls
 
 
 async def recording(rounds: int, n: int) -> dict[str, float]:

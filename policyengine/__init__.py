@@ -12,15 +12,15 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from ._clock import Clock, MonotonicClock
-from ._default import default_engine, guard, load, loads, set_default_engine
-from ._engine import Engine
-from ._events import Event, log_listener
-from ._guard import Guard
-from ._handle import GuardHandle
-from ._keyed_handle import KeyedHandle
-from ._loader import PolicySet
-from ._snapshot import GuardSnapshot
+from ._config.loader import PolicySet
+from ._keys.keyed_handle import KeyedHandle
+from ._registry.default import default_engine, guard, load, loads, set_default_engine
+from ._registry.engine import Engine
+from ._registry.handle import GuardHandle
+from ._runtime.clock import Clock, MonotonicClock
+from ._runtime.guard import Guard
+from ._telemetry.events import Event, log_listener
+from ._telemetry.snapshot import GuardSnapshot
 from .exceptions import (
     BulkheadFullError,
     CircuitOpenError,

@@ -1,5 +1,5 @@
 """`python -m policyengine`: the same as the `policyengine` command."""
 
-from ._cli import main
+from ._commands.cli import main
 
 raise SystemExit(main())

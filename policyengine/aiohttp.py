@@ -42,14 +42,14 @@ from typing import TYPE_CHECKING, TypeAlias
 import aiohttp
 from aiohttp import payload
 
-from ._handle import GuardHandle
-from ._http_fallback import UnusableFallbackError, bound, fallback_problem, report_unusable
-from ._matchers import Matcher
-from ._models import resolve_matchers
+from ._config.matchers import Matcher
+from ._config.models import resolve_matchers
+from ._patterns.http_fallback import UnusableFallbackError, bound, fallback_problem, report_unusable
+from ._registry.handle import GuardHandle
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from ._guard import Guard
+    from ._registry.engine import Engine
+    from ._runtime.guard import Guard
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -164,7 +164,7 @@ class GuardedMiddleware:
             return ref
         if self._engine is not None:
             return self._engine.guard(ref)
-        from ._default import guard
+        from ._registry.default import guard
 
         return guard(ref)
 

@@ -33,11 +33,11 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ._events import Event
+from ._telemetry.events import Event
 from .exceptions import GuardTimeoutError, RejectedError
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from ._registry.engine import Engine
 
 __all__ = ["GuardErrorMiddleware", "StatusApp", "error_response", "status_app"]
 
@@ -154,7 +154,7 @@ class StatusApp:
     def engine(self) -> Engine:
         if self._engine is not None:
             return self._engine
-        from ._default import default_engine
+        from ._registry.default import default_engine
 
         return default_engine()
 

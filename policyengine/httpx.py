@@ -51,16 +51,16 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import httpx
 
-from ._handle import GuardHandle
-from ._http_fallback import UnusableFallbackError, bound, report_unusable
-from ._http_fallback import fallback_problem as _fallback_problem
-from ._keyed_handle import KeyedHandle, partition_of
-from ._matchers import Matcher
-from ._models import resolve_matchers
+from ._config.matchers import Matcher
+from ._config.models import resolve_matchers
+from ._keys.keyed_handle import KeyedHandle, partition_of
+from ._patterns.http_fallback import UnusableFallbackError, bound, report_unusable
+from ._patterns.http_fallback import fallback_problem as _fallback_problem
+from ._registry.handle import GuardHandle
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from ._guard import Guard
+    from ._registry.engine import Engine
+    from ._runtime.guard import Guard
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -184,7 +184,7 @@ class _Guarding:
             return ref
         if self._engine is not None:
             return self._engine.guard(ref)
-        from ._default import guard
+        from ._registry.default import guard
 
         return guard(ref)
 

@@ -50,13 +50,13 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
 
-from ._keyed_export import KEYS_SHOWN, key_counts, key_states, would_trips
-from ._metrics import STATE_VALUES
+from ._keys.keyed_export import KEYS_SHOWN, key_counts, key_states, would_trips
+from ._telemetry.metrics import STATE_VALUES
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from ._guard import Guard
-    from ._snapshot import GuardSnapshot
+    from ._registry.engine import Engine
+    from ._runtime.guard import Guard
+    from ._telemetry.snapshot import GuardSnapshot
 
 __all__ = ["EVENTS", "STATE_VALUES", "Instrumentation", "instrument"]
 
@@ -131,7 +131,7 @@ class Instrumentation:
     def engine(self) -> Engine:
         if self._engine is not None:
             return self._engine
-        from ._default import default_engine
+        from ._registry.default import default_engine
 
         return default_engine()
 

@@ -62,12 +62,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.metrics_core import Metric
 
-from ._keyed_export import KEYS_SHOWN, key_counts, key_states, would_trips
-from ._metrics import STATE_VALUES
+from ._keys.keyed_export import KEYS_SHOWN, key_counts, key_states, would_trips
+from ._telemetry.metrics import STATE_VALUES
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from ._guard import Guard
+    from ._registry.engine import Engine
+    from ._runtime.guard import Guard
 
 __all__ = ["STATE_VALUES", "PolicyEngineCollector"]
 
@@ -95,7 +95,7 @@ class PolicyEngineCollector:
     def engine(self) -> Engine:
         if self._engine is not None:
             return self._engine
-        from ._default import default_engine
+        from ._registry.default import default_engine
 
         return default_engine()
 
@@ -145,7 +145,7 @@ class PolicyEngineCollector:
         return iter(fams)
 
     def _keyed(self, fam: Callable[[str], Any], name: str, guard: Guard) -> None:
-        """The bounded per-key view of a partitioned policy (`_keyed_export`)."""
+        """The bounded per-key view of a partitioned policy (`_keys.keyed_export`)."""
         trips = would_trips(guard)
         if trips is None:
             return

@@ -27,11 +27,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _default
-from ._engine import Engine
-from ._loader import PolicySet
-from ._models import Policy, StateOptions
-from ._source import AdjustedSource, FileSource, default_path
+from ._config.loader import PolicySet
+from ._config.models import Policy, StateOptions
+from ._config.source import AdjustedSource, FileSource, default_path
+from ._registry import default as _default
+from ._registry.engine import Engine
 
 __all__ = ["FakeClock", "isolated"]
 

@@ -7,7 +7,7 @@ import pytest
 
 import policyengine
 from policyengine import Engine
-from policyengine._default import set_default_engine
+from policyengine._registry.default import set_default_engine
 from policyengine.testing import FakeClock
 
 

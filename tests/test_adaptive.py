@@ -1,5 +1,5 @@
 """Adaptive concurrency: each algorithm against a simulated dependency of capacity C (a
-deterministic simulation on virtual time, `tests/adaptive_sim.py`), the window feeding, and
+deterministic simulation on virtual time, `tests/helpers/adaptive_sim.py`), the window feeding, and
 the exactness of the bulkhead whose limit moves under coroutines and threads."""
 
 from __future__ import annotations
@@ -11,11 +11,18 @@ import threading
 
 import pytest
 
-from policyengine._adaptive import AIMD, AdaptiveLimit, Gradient2, Vegas, is_drop, make_algorithm
-from policyengine._bulkhead import Bulkhead
-from policyengine._models import BulkheadOptions
+from policyengine._config.models import BulkheadOptions
+from policyengine._patterns.adaptive import (
+    AIMD,
+    AdaptiveLimit,
+    Gradient2,
+    Vegas,
+    is_drop,
+    make_algorithm,
+)
+from policyengine._patterns.bulkhead import Bulkhead
 from policyengine.exceptions import BulkheadFullError, CircuitOpenError
-from tests.adaptive_sim import simulate
+from tests.helpers.adaptive_sim import simulate
 
 PHASE = 8000  # samples per phase
 BLOCK = 500  # the limit's mean over each block of samples is what "converged" judges

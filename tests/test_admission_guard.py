@@ -11,8 +11,8 @@ import pytest
 
 import policyengine
 from policyengine import Engine, RateLimitedError, ThrottledError
-from policyengine._ratelimit import RateLimiter
-from policyengine._throttle import Throttle
+from policyengine._patterns.ratelimit import RateLimiter
+from policyengine._patterns.throttle import Throttle
 from policyengine.testing import FakeClock
 
 

@@ -14,7 +14,6 @@ aiohttp = pytest.importorskip(
 
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestServer  # noqa: E402
-from redis_server import free_port  # noqa: E402
 
 from policyengine import CircuitOpenError, Engine, GuardTimeoutError  # noqa: E402
 from policyengine.aiohttp import (  # noqa: E402
@@ -23,6 +22,7 @@ from policyengine.aiohttp import (  # noqa: E402
     UnusableFallbackError,
 )
 from policyengine.testing import FakeClock  # noqa: E402
+from tests.helpers.redis_server import free_port  # noqa: E402
 
 MakeEngine = Callable[[str], Engine]
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyengine._breaker import Breaker
-from policyengine._events import Event
-from policyengine._models import BreakerOptions
-from policyengine._windows import CountWindow, TimeWindow
+from policyengine._config.models import BreakerOptions
+from policyengine._patterns.breaker import Breaker
+from policyengine._patterns.windows import CountWindow, TimeWindow
+from policyengine._telemetry.events import Event
 from policyengine.exceptions import CircuitOpenError, GuardTimeoutError
 from policyengine.testing import FakeClock
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import tomli_w
-from breaker_model import BreakerModel, Rejection, Token, make_exception
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -28,12 +27,13 @@ from hypothesis.stateful import (
 )
 
 import policyengine
-from policyengine._breaker import Breaker
-from policyengine._events import Event
-from policyengine._loader import load_text
-from policyengine._models import BreakerOptions
+from policyengine._config.loader import load_text
+from policyengine._config.models import BreakerOptions
+from policyengine._patterns.breaker import Breaker
+from policyengine._telemetry.events import Event
 from policyengine.exceptions import CircuitOpenError
 from policyengine.testing import FakeClock
+from tests.helpers.breaker_model import BreakerModel, Rejection, Token, make_exception
 
 STEPS: Counter[str] = Counter()
 """Steps checked against the model, by machine (printed by the long runs)."""

@@ -95,7 +95,7 @@ def test_taplo_accepts_every_example_policy_file(taplo: str) -> None:
 
 
 def test_taplo_accepts_the_starter(taplo: str, tmp_path: Path) -> None:
-    from policyengine._starter import starter
+    from policyengine._commands.starter import starter
 
     for flavour in (True, False):
         path = tmp_path / f"starter-{flavour}.toml"
@@ -133,7 +133,7 @@ def test_taplo_refuses_typical_mistakes(taplo: str, tmp_path: Path, text: str) -
     assert result.returncode != 0, f"taplo accepted:\n{text}"
     tomllib.loads(text)  # valid TOML: so what taplo refused is the schema
     assert f"{path}:" in result.stdout + result.stderr  # its diagnostic points into the file
-    from policyengine._loader import load_text
+    from policyengine._config.loader import load_text
     from policyengine.exceptions import PolicyValidationError
 
     with pytest.raises(PolicyValidationError):  # and policyengine agrees
@@ -150,7 +150,7 @@ def test_taplo_follows_the_files_own_schema_line_as_an_editor_does(
 ) -> None:
     """No --schema: the `#:schema ../schema/policies.schema.json` line that the examples and
     `policyengine init` write is what Even Better TOML reads."""
-    from policyengine._cli import main
+    from policyengine._commands.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["schema"]) == 0 and main(["init"]) == 0

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from policyengine._cli import main
-from policyengine._loader import load_path
-from policyengine._schema import render_schema
+from policyengine._commands.cli import main
+from policyengine._commands.schema import render_schema
+from policyengine._config.loader import load_path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "policies" / "policies.toml"
@@ -325,5 +325,5 @@ def test_a_command_module_registers_with_one_line(
         "    p.set_defaults(run=lambda args: print('hello', args.name) or 7)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("policyengine._cli.COMMAND_MODULES", ("hello_cmd",))
+    monkeypatch.setattr("policyengine._commands.cli.COMMAND_MODULES", ("hello_cmd",))
     assert run(capsys, "hello", "you") == (7, "hello you\n", "")

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
 pytest.importorskip("starlette", reason="starlette is not installed: pip install '.[dev]'")
 
-import cascade
+from tests.helpers import cascade
 
 ATTEMPT_TIMEOUT = 0.5  # seconds: timeout.attempt of cascade.POLICIES
 

@@ -13,11 +13,11 @@ import pytest
 import tomli_w
 from pydantic import BaseModel
 
-from policyengine._explain import explain_text, explain_toml
-from policyengine._imports import resolve_handler
-from policyengine._loader import load_path, load_text
-from policyengine._models import ExceptionMatcher, Policy, PolicyFile, StateOptions
-from policyengine._units import DURATION_PATTERN, parse_duration
+from policyengine._commands.explain import explain_text, explain_toml
+from policyengine._config.imports import resolve_handler
+from policyengine._config.loader import load_path, load_text
+from policyengine._config.models import ExceptionMatcher, Policy, PolicyFile, StateOptions
+from policyengine._config.units import DURATION_PATTERN, parse_duration
 from policyengine.exceptions import PolicyValidationError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "policies" / "policies.toml"

@@ -23,12 +23,12 @@ import pytest
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
-from policyengine._cli import main
+from policyengine._commands.cli import main
 
 pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-from fleet_workers import watch_worker
-from polling import wait_until
-from redis_server import RedisServer
+from tests.helpers.fleet_workers import watch_worker
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 

@@ -21,9 +21,9 @@ from policyengine import CircuitOpenError, Engine
 from policyengine._shared._address import parse_url
 
 pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-from polling import wait_until
-from redis_server import RedisServer, free_port, policies
-from redis_topologies import Cluster, SentinelSet, raw
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import RedisServer, free_port, policies
+from tests.helpers.redis_topologies import Cluster, SentinelSet, raw
 
 pytestmark = pytest.mark.redis
 
@@ -114,7 +114,7 @@ RULE = 'consecutive_failures = 2\nopen_duration = "1h"'
 def test_a_bad_url_is_a_validation_error_at_its_line(
     tmp_path: Path, url: str, says: str, parser_says: str
 ) -> None:
-    """The loader checks a url's shape (`_state_url`) before any store client sees it; the
+    """The loader checks a url's shape (`_config.state_url`) before any store client sees it; the
     clients' own parser refuses the same urls, for code that builds a store directly."""
     path = tmp_path / "p.toml"
     good = policies("redis://127.0.0.1:1/0", "p", "")

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from forking import CHILD_TIMEOUT, run_in_child
-from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
-from policyengine._loader import load_text
+from policyengine._config.loader import load_text
+from tests.helpers.forking import CHILD_TIMEOUT, run_in_child
+from tests.helpers.polling import LoopThread, run_on, wait_until
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork"), reason="needs os.fork(), which this platform does not have"
@@ -204,7 +204,7 @@ def test_locks_held_by_another_thread_at_the_fork_do_not_deadlock_the_child(
 ) -> None:
     """A thread holds every lock a call, a reload or the default engine takes at the moment of
     the fork (and releases them in the parent only): the child must not wait for them."""
-    from policyengine import _default
+    from policyengine._registry import default as _default
 
     path = tmp_path / "policies.toml"
     path.write_text(EVERYTHING.format(limit=2))
@@ -320,7 +320,7 @@ def test_the_fork_registry_does_not_keep_engines_alive() -> None:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway redis-server, as in test_shared_redis (which skips the same way)."""
     pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-    from redis_server import RedisServer
+    from tests.helpers.redis_server import RedisServer
 
     server = RedisServer.start_new(tmp_path_factory.mktemp("redis"))
     if server is None:
@@ -330,7 +330,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def redis_policies(url: str, breaker: str) -> str:
-    from redis_server import policies
+    from tests.helpers.redis_server import policies
 
     return policies(url, f"t{uuid.uuid4().hex[:10]}", breaker)
 

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import policyengine
-from policyengine._compile import compile_guards
-from policyengine._events import Listeners
-from policyengine._loader import PolicySet, load_path, load_text
+from policyengine._config.loader import PolicySet, load_path, load_text
+from policyengine._registry.compile import compile_guards
+from policyengine._telemetry.events import Listeners
 from policyengine.exceptions import PolicyValidationError
 from policyengine.testing import FakeClock
 
@@ -54,20 +54,20 @@ DURATIONS = [
 RATIOS = ["50%", "0%", "100%", "150%", "-5%", "nan%", "inf%", "1e400%", "%", "0.5"]
 EXCEPTIONS = [
     "TimeoutError", "ConnectionError", "Exception", "BaseException", "KeyboardInterrupt",
-    "  TimeoutError  ", "policyengine.demo_errors.CardDeclined",
-    "policyengine.demo_errors:HTTPError", "policyengine.demo_errors.ServiceUnavailable",
+    "  TimeoutError  ", "policyengine._demo.errors.CardDeclined",
+    "policyengine._demo.errors:HTTPError", "policyengine._demo.errors.ServiceUnavailable",
     "policyengine.exceptions:CircuitOpenError", "asyncio.CancelledError",
     "builtins.ValueError", "json.decoder.JSONDecodeError", "decimal.InvalidOperation",
     "zipfile.BadZipFile", "os.path.join", "os:getcwd", "sys.exit", "zz_fuzz_missing.Error",
     "zz_fuzz_missing.sub:Error", "policyengine.zz_fuzz_missing.Error", "policyengine.Nope",
     ":", ".", "a..b", "..", ":Error", "Error:", "Timeouterror", "ConectionError", "int",
-    "policyengine.demo_errors:cached_quote", "policyengine.demo_errors.HTTPError.__init__",
+    "policyengine._demo.errors:cached_quote", "policyengine._demo.errors.HTTPError.__init__",
 ]  # fmt: skip
 HANDLERS = [
-    "policyengine.demo_errors:cached_quote", "policyengine.demo_errors:empty_results",
-    "policyengine.demo_errors.cached_quote", "zz_fuzz_missing:handler", "os:getcwd",
-    "policyengine.demo_errors:CardDeclined", "policyengine:__version__", "len", ":", "",
-    "eval", "os:system", "builtins.exec", "subprocess:run", "policyengine.demo_errors:HTTPError",
+    "policyengine._demo.errors:cached_quote", "policyengine._demo.errors:empty_results",
+    "policyengine._demo.errors.cached_quote", "zz_fuzz_missing:handler", "os:getcwd",
+    "policyengine._demo.errors:CardDeclined", "policyengine:__version__", "len", ":", "",
+    "eval", "os:system", "builtins.exec", "subprocess:run", "policyengine._demo.errors:HTTPError",
 ]  # fmt: skip
 URLS = [
     "redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///tmp/r.sock", "valkey://h/1",

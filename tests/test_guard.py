@@ -333,7 +333,7 @@ async def test_fallback_value_serves_the_kinds_listed(make_engine: MakeEngine) -
 
 async def test_fallback_handler_gets_the_error(make_engine: MakeEngine) -> None:
     g = make_engine(
-        '[policies.api.fallback]\nhandler = "policyengine.demo_errors:cached_quote"\n'
+        '[policies.api.fallback]\nhandler = "policyengine._demo.errors:cached_quote"\n'
     ).guard("api")
     result = await g.call(Flaky(1))
     assert result is not None
@@ -387,7 +387,7 @@ async def test_decorators_and_handles_follow_reloads(make_engine: MakeEngine) ->
     assert fetch.__name__ == "fetch" and fetch.__doc__ == "Doc."
     assert await fetch(2) == 4
     assert fetch_sync(2) == 6
-    from policyengine._loader import load_text
+    from policyengine._config.loader import load_text
 
     engine.apply(load_text(RETRY.replace("max_attempts = 3", "max_attempts = 1")))
     assert g.current().max_attempts == 1

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from policyengine._imports import module_allowed
-from policyengine._loader import load_path, load_text
+from policyengine._config.imports import module_allowed
+from policyengine._config.loader import load_path, load_text
 from policyengine.exceptions import PolicyIssue, PolicyValidationError
 
 HANDLERS = """
@@ -187,7 +187,7 @@ def test_a_handler_whose_inspection_raises_is_a_validation_error(tmp_path: Path)
 
 
 def test_a_reload_keeps_the_allow_list_of_the_first_load(tmp_path: Path) -> None:
-    from policyengine._engine import Engine
+    from policyengine._registry.engine import Engine
 
     path = tmp_path / "p.toml"
     path.write_text(text("myapp.fallbacks:one"))

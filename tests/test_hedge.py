@@ -2,7 +2,8 @@
 
 Every attempt here is a "full attempt" as the lifecycle runs one: it takes a bulkhead slot (a
 real `Bulkhead`; full -> `BulkheadFullError`), runs, and returns the slot however it ends,
-recording its outcome. Virtual time (`tests/virtual_loop.py`) makes latencies exact and free.
+recording its outcome. Virtual time (`tests/helpers/virtual_loop.py`) makes latencies exact and
+free.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from policyengine._bulkhead import Bulkhead
-from policyengine._events import Event, Listeners
-from policyengine._hedge import Hedge
-from policyengine._hedge_models import HedgeOptions
-from policyengine._quantiles import min_samples
-from policyengine._race import race
+from policyengine._config.hedge_models import HedgeOptions
+from policyengine._patterns.bulkhead import Bulkhead
+from policyengine._patterns.hedge import Hedge
+from policyengine._patterns.quantiles import min_samples
+from policyengine._runtime.race import race
+from policyengine._telemetry.events import Event, Listeners
 from policyengine.exceptions import BulkheadFullError
 from policyengine.testing import FakeClock
-from tests.virtual_loop import run
+from tests.helpers.virtual_loop import run
 
 
 class LoopClock:

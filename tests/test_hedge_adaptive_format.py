@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from policyengine._loader import load_text
+from policyengine._config.loader import load_text
 from policyengine.exceptions import PolicyValidationError
 
 

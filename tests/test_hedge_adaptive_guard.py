@@ -14,9 +14,9 @@ import pytest
 
 import policyengine
 from policyengine import Engine
-from policyengine._adaptive import AdaptiveLimit
+from policyengine._patterns.adaptive import AdaptiveLimit
 from policyengine.exceptions import GuardTimeoutError
-from tests.virtual_loop import run
+from tests.helpers.virtual_loop import run
 
 
 class LoopClock:

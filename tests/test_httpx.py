@@ -206,15 +206,15 @@ FALLBACKS = """
 [policies.handler.breaker]
 force = "open"
 [policies.handler.fallback]
-handler = "http_fallbacks:cached_response"
+handler = "tests.helpers.http_fallbacks:cached_response"
 
 [policies.annotated_dict.fallback]
-handler = "http_fallbacks:cached_dict"
+handler = "tests.helpers.http_fallbacks:cached_dict"
 
 [policies.unannotated.breaker]
 force = "open"
 [policies.unannotated.fallback]
-handler = "http_fallbacks:unannotated"
+handler = "tests.helpers.http_fallbacks:unannotated"
 
 [policies.observed]
 mode = "observe"
@@ -432,7 +432,7 @@ async def test_a_transport_made_before_any_engine_loads_none_and_checks_later(
     """A module-level client is made at import time, before `load()`: creating it must not load
     the default engine (a side effect, and maybe the wrong file); its guard is checked at its
     first request."""
-    from policyengine import _default
+    from policyengine._registry import default as _default
 
     monkeypatch.chdir(tmp_path)  # no policies/policies.toml here: loading would fail
     transport = GuardedTransport("with_fallback", httpx.MockTransport(Server(200)))

@@ -14,7 +14,7 @@ import pytest
 
 import policyengine
 from policyengine import CircuitOpenError, Engine, PolicyValidationError
-from policyengine._events import Event
+from policyengine._telemetry.events import Event
 from policyengine.httpx import GuardedSyncTransport, GuardedTransport
 from policyengine.testing import FakeClock
 
@@ -439,7 +439,7 @@ async def test_prometheus_shows_at_most_n_keys_open_first_the_rest_as_other(
 async def test_an_open_key_past_the_limit_shows_in_other(
     make_engine: Callable[[str], Engine],
 ) -> None:
-    from policyengine._keyed_export import key_states
+    from policyengine._keys.keyed_export import key_states
 
     engine = make_engine(UPSTREAMS)
     await _hundred_keys_three_open(engine)
@@ -491,9 +491,8 @@ async def test_opentelemetry_shows_the_same_bounded_view(
 def test_locks_held_at_a_fork_do_not_deadlock_a_keyed_call_in_the_child(
     make_engine: Callable[[str], Engine],
 ) -> None:
-    from forking import CHILD_TIMEOUT, run_in_child
-
-    from policyengine._keyed_handle import partition_of
+    from policyengine._keys.keyed_handle import partition_of
+    from tests.helpers.forking import CHILD_TIMEOUT, run_in_child
 
     engine = make_engine(UPSTREAMS)
     engine.guard("upstreams").key("a").call_sync(lambda: 1)

@@ -11,8 +11,8 @@ import policyengine
 from policyengine import CircuitOpenError, Engine
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-from polling import wait_until  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from tests.helpers.polling import wait_until  # noqa: E402
+from tests.helpers.redis_server import RedisServer  # noqa: E402
 
 pytestmark = pytest.mark.redis
 

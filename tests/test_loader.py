@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from policyengine._lines import scan_lines
-from policyengine._loader import PolicySet, load_path, load_text
-from policyengine._models import ExceptionMatcher
+from policyengine._config.lines import scan_lines
+from policyengine._config.loader import PolicySet, load_path, load_text
+from policyengine._config.models import ExceptionMatcher
 from policyengine.exceptions import PolicyValidationError
 
 BASE = """
@@ -80,13 +80,13 @@ def test_origins_name_the_file_line_and_table(base: PolicySet) -> None:
 def test_fallback_handler_replaces_an_inherited_value() -> None:
     ps = load_text(
         '[templates.default]\nfallback = { value = "x", on = ["timeout"] }\n'
-        '[policies.p]\nfallback = { handler = "policyengine.demo_errors:cached_quote" }\n'
+        '[policies.p]\nfallback = { handler = "policyengine._demo.errors:cached_quote" }\n'
     )
     fallback = ps.policies["p"].fallback
     assert fallback is not None
     assert (fallback.value, fallback.handler, fallback.on) == (
         None,
-        "policyengine.demo_errors:cached_quote",
+        "policyengine._demo.errors:cached_quote",
         ["timeout"],
     )
 
@@ -103,13 +103,13 @@ def test_fallback_value_is_one_value_not_a_table_to_merge() -> None:
 def test_matchers_are_resolved_at_load() -> None:
     ps = load_text(
         '[policies.p.retry]\nmax_delay = "1s"\n'
-        'never_retry = [{ type = "policyengine.demo_errors:HTTPError", status = ["4xx"] }]\n'
+        'never_retry = [{ type = "policyengine._demo.errors:HTTPError", status = ["4xx"] }]\n'
     )
     retry = ps.policies["p"].retry
     assert retry is not None
     (matcher,) = retry.never_retry
     assert isinstance(matcher, ExceptionMatcher)
-    from policyengine.demo_errors import HTTPError, ServiceUnavailable
+    from policyengine._demo.errors import HTTPError, ServiceUnavailable
 
     assert matcher.matcher(HTTPError(404)) and not matcher.matcher(ServiceUnavailable())
 

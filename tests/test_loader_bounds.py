@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from polling import wait_until
 
 import policyengine
-from policyengine._files import MAX_DEPTH, MAX_FILE_BYTES
-from policyengine._loader import PolicySet, load_path, load_text
+from policyengine._config.files import MAX_DEPTH, MAX_FILE_BYTES
+from policyengine._config.loader import PolicySet, load_path, load_text
 from policyengine.exceptions import PolicyIssue, PolicyValidationError
+from tests.helpers.polling import wait_until
 
 GOOD = '[policies.p]\ntimeout = { total = "1s" }\n'
 
@@ -56,7 +56,7 @@ def test_deep_nesting_is_a_validation_error_in_loads_load_and_validate(
     path = tmp_path / "deep.toml"
     path.write_text(text)
     assert errors_of(policyengine.load, path, default=False)[0].file == str(path)
-    from policyengine._cli import main
+    from policyengine._commands.cli import main
 
     assert main(["validate", str(path)]) == 1
     assert "nested more than 32 levels" in capsys.readouterr().out
@@ -392,7 +392,7 @@ def test_a_state_url_redis_cannot_parse_fails_loads_with_a_validation_error() ->
 def test_the_schema_pattern_for_urls_agrees_with_the_check() -> None:
     import re
 
-    from policyengine._state_url import URL_PATTERN
+    from policyengine._config.state_url import URL_PATTERN
 
     for url in GOOD_URLS:
         assert re.match(URL_PATTERN, url), url

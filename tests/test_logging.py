@@ -11,7 +11,7 @@ import pytest
 
 import policyengine
 from policyengine import Engine, Event
-from policyengine._events import log_listener
+from policyengine._telemetry.events import log_listener
 from policyengine.testing import FakeClock
 
 MakeEngine = Callable[[str], Engine]

@@ -1,5 +1,5 @@
-"""Reloads of an engine bound to an asyncio loop (`_onloop`): `reload()` from another thread
-lands while the loop is busy, a large set is read and compiled off the loop without blocking
+"""Reloads of an engine bound to an asyncio loop (`_registry.onloop`): `reload()` from another
+thread lands while the loop is busy, a large set is read and compiled off the loop without blocking
 it, requests that arrive during a look are served, a torn read settles, a loop that stopped
 leaves `reload()` working, and a commit never applies a compile made against replaced guards."""
 
@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import Engine, Event, PolicyValidationError
-from policyengine._loader import PolicySet, load_text
-from policyengine._onloop import SLICE
-from policyengine._source import AdjustedSource, FileSource
+from policyengine._config.loader import PolicySet, load_text
+from policyengine._config.source import AdjustedSource, FileSource
+from policyengine._registry.onloop import SLICE
 from policyengine.exceptions import PolicyIssue
 from policyengine.testing import FakeClock
+from tests.helpers.polling import LoopThread, run_on, wait_until
 
 BUSY = 50
 
@@ -218,7 +218,7 @@ def test_the_switch_interval_is_lowered_during_a_look_and_given_back(
     from the worker within about 1 ms of a slice's end); the application's own is back after."""
     import sys
 
-    from policyengine._onloop import SWITCH
+    from policyengine._registry.onloop import SWITCH
 
     loop, _ = busy_loop
     path = tmp_path / "policies.toml"
@@ -243,7 +243,7 @@ def test_the_switch_interval_is_lowered_during_a_look_and_given_back(
 
 
 def test_a_look_that_runs_long_is_lent_the_loop_less_and_less_often() -> None:
-    from policyengine._onloop import _pause
+    from policyengine._registry.onloop import _pause
 
     assert _pause(0.2) == 0.0  # a large set: every loop turn
     assert 0 < _pause(2.0) <= 0.01 < _pause(30.0) <= 0.1  # a read stuck on a dead file server

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from scripted import API, ok, script
 
 import policyengine
 from policyengine import Engine
-from policyengine._metrics import DURATION_BUCKETS
+from policyengine._telemetry.metrics import DURATION_BUCKETS
 from policyengine.otel import EVENTS, instrument
 from policyengine.testing import FakeClock
+from tests.helpers.scripted import API, ok, script
 
 MakeEngine = Callable[[str], Engine]
 

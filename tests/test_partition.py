@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 import policyengine
-from policyengine._breaker import Breaker
-from policyengine._events import Event
-from policyengine._keyed import policy_factories
-from policyengine._keyed_export import view
-from policyengine._models import Policy
-from policyengine._partition import KeyRegistry
+from policyengine._config.models import Policy
+from policyengine._keys.keyed import policy_factories
+from policyengine._keys.keyed_export import view
+from policyengine._keys.partition import KeyRegistry
+from policyengine._patterns.breaker import Breaker
+from policyengine._telemetry.events import Event
 from policyengine.exceptions import CircuitOpenError, PolicyValidationError
 from policyengine.testing import FakeClock
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from scripted import API, ok, script
 
 import policyengine
 from policyengine import BulkheadFullError, Engine
-from policyengine._metrics import DURATION_BUCKETS
+from policyengine._telemetry.metrics import DURATION_BUCKETS
 from policyengine.prometheus import PolicyEngineCollector
 from policyengine.testing import FakeClock
+from tests.helpers.scripted import API, ok, script
 
 MakeEngine = Callable[[str], Engine]
 

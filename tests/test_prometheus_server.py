@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from polling import wait_until
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_server import PrometheusServer
-from redis_server import free_port
 
 from policyengine import Engine
 from policyengine.prometheus import PolicyEngineCollector
+from tests.helpers.polling import wait_until
+from tests.helpers.prometheus_server import PrometheusServer
+from tests.helpers.redis_server import free_port
 
 POLICIES = """
 schema_version = 1

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from policyengine._quantiles import GAMMA, HALF_LIFE, LatencyQuantiles, min_samples
+from policyengine._patterns.quantiles import GAMMA, HALF_LIFE, LatencyQuantiles, min_samples
 
 
 def exact(values: list[float], q: float) -> float:

@@ -20,8 +20,8 @@ import pytest
 
 import policyengine
 from policyengine import PolicyValidationError, RateLimitedError, RejectedError
-from policyengine._admission_models import RateLimitOptions, parse_rate
-from policyengine._ratelimit import MAX_PAUSE, RateLimiter
+from policyengine._config.admission_models import RateLimitOptions, parse_rate
+from policyengine._patterns.ratelimit import MAX_PAUSE, RateLimiter
 
 EPS = 1e-9
 T0 = 1000.0
@@ -352,10 +352,9 @@ def test_each_key_has_a_budget_of_its_own_and_idle_keys_are_forgotten() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_forked_child_is_not_stuck_on_a_lock_held_at_the_fork() -> None:
-    from forking import run_in_child
-
-    from policyengine._admission_models import ThrottleOptions
-    from policyengine._throttle import Throttle
+    from policyengine._config.admission_models import ThrottleOptions
+    from policyengine._patterns.throttle import Throttle
+    from tests.helpers.forking import run_in_child
 
     lim = limiter(rates=["10/s"])
     thr = Throttle("svc", ThrottleOptions())

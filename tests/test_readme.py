@@ -63,14 +63,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-import readme_rollout
 
 import policyengine
-from policyengine import Engine, _cli, _default
-from policyengine._http_fallback import UnusableFallbackError
-from policyengine._loader import load_path, load_text
+from policyengine import Engine
+from policyengine._commands import cli as _cli
+from policyengine._config.loader import load_path, load_text
+from policyengine._patterns.http_fallback import UnusableFallbackError
+from policyengine._registry import default as _default
 from policyengine.exceptions import PolicyValidationError
 from policyengine.testing import FakeClock
+from tests.helpers import readme_rollout
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -370,8 +372,9 @@ readme_rollout.register(scenario)  # the record -> suggest -> simulate example
 @scenario("check", "layout")
 def _layout(block: Block) -> None:
     """Every directory and file the layout names exists: names on an indented line are in the
-    directory of the last unindented line; on an unindented line, a name with a slash is in the
-    repository's root and a bare file name is in the line's first directory."""
+    directory of the last unindented line (a file after a directory on the same indented line
+    is in that directory); on an unindented line, a name with a slash is in the repository's
+    root and a bare file name is in the line's first directory."""
     section = ROOT
     for number, line in enumerate(block.text.splitlines(), start=block.line + 1):
         indented = line[:1].isspace()
@@ -380,8 +383,13 @@ def _layout(block: Block) -> None:
         )
         if not indented and tokens:
             section = ROOT / tokens[0]
+        within = section
         for token in tokens:
-            path = section / token if indented or "/" not in token else ROOT / token
+            if indented and token.endswith("/"):
+                within = section / token
+                path = within
+            else:
+                path = within / token if indented or "/" not in token else ROOT / token
             if not path.exists():
                 fail(f"README.md:{number}: the layout names {token!r}, but {path} does not exist")
 
@@ -427,9 +435,8 @@ def _top(directory: Path) -> str:
     URL (a free port here) and the stamps of the sample (the interval plus scheduling) are
     written as the README shows them."""
     pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
-    from asgi_servers import serve
-
     from policyengine.asgi import status_app
+    from tests.helpers.asgi_servers import serve
 
     engine = policyengine.load(directory / "policies" / "policies.toml", default=False)
     try:
@@ -462,7 +469,7 @@ def _fastapi(ns: dict[str, Any]) -> Iterator[None]:
     pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
     import os
 
-    from asgi_servers import Downstream, serve
+    from tests.helpers.asgi_servers import Downstream, serve
 
     payments = Downstream("payments")
     with serve(payments) as payments_url:

@@ -15,8 +15,8 @@ import pytest
 
 import policyengine
 from policyengine import CircuitOpenError, Engine, Event, PolicyValidationError
-from policyengine._breaker import Breaker
-from policyengine._loader import load_text
+from policyengine._config.loader import load_text
+from policyengine._patterns.breaker import Breaker
 from policyengine.testing import FakeClock
 
 BREAKER = """
@@ -472,7 +472,7 @@ def test_settle_waits_out_a_save_in_progress(
     policy_file: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from policyengine import _reloads as _engine
+    from policyengine._registry import reloads as _engine
 
     engine, events = load(BREAKER)
     finished = BREAKER.replace("max_attempts = 2", "max_attempts = 3")

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polling import LoopThread, wait_until
 
 import policyengine
 from policyengine import BulkheadFullError, Engine, Event, UnknownGuardError
-from policyengine._engine import Engine as EngineClass
-from policyengine._loader import load_text
-from policyengine._reloads import Reloads
+from policyengine._config.loader import load_text
+from policyengine._registry.engine import Engine as EngineClass
+from policyengine._registry.reloads import Reloads
 from policyengine.testing import FakeClock
+from tests.helpers.polling import LoopThread, wait_until
 
 A = '[policies.a.timeout]\nattempt = "2s"\n'
 X = '[policies.x.timeout]\nattempt = "1s"\n'
@@ -311,7 +311,7 @@ def test_whatever_the_source_raises_keeps_the_watch_and_the_last_good_set(
 ) -> None:
     """Below the loader's own checks: the source's read itself raises. The watcher reports it
     (`last_error`, `reload_failed`), keeps the policies, and the next good edit applies."""
-    from policyengine._source import AdjustedSource, FileSource
+    from policyengine._config.source import AdjustedSource, FileSource
 
     path = tmp_path / "policies.toml"
     path.write_text(GOOD.format(n=1))

@@ -9,8 +9,8 @@ bulkhead never admits more than it may (and every call inside holds a permit), n
 Nothing here depends on how threads are scheduled: the edits are made by a coroutine on the same
 loop as the callers, and each edit is awaited until the engine has judged it. With the watcher,
 the engine is loaded inside the loop, so detection, debounce and swap happen on the loop (the
-read and compile in a worker the loop lends the GIL to, see `_onloop`); with `reload()`, the
-coroutine calls it on the loop thread. (A thread driving edits against a busy loop waits for
+read and compile in a worker the loop lends the GIL to, see `_registry.onloop`); with `reload()`,
+the coroutine calls it on the loop thread. (A thread driving edits against a busy loop waits for
 the GIL at each system call it makes: that is what made this test take minutes.)
 """
 
@@ -26,8 +26,8 @@ import pytest
 
 import policyengine
 from policyengine import Engine, Event
-from policyengine._guard import Guard
-from policyengine._loader import load_text
+from policyengine._config.loader import load_text
+from policyengine._runtime.guard import Guard
 
 LIMITS = (2, 5, 3, 4)
 TASKS = 50

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyengine._backoff import Backoff, jitter_bounds, make_jitter
-from policyengine._models import BudgetOptions, RetryOptions
-from policyengine._retry import (
+from policyengine._config.models import BudgetOptions, RetryOptions
+from policyengine._patterns.backoff import Backoff, jitter_bounds, make_jitter
+from policyengine._patterns.retry import (
     DEFAULT_MAX_RETRY_AFTER,
     MAX_SLEEP,
     RetryBudget,

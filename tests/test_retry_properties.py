@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import policyengine
-from policyengine._backoff import Backoff
-from policyengine._models import RetryOptions
-from policyengine._retry import DEFAULT_MAX_RETRY_AFTER, RetryStrategy
+from policyengine._config.models import RetryOptions
+from policyengine._patterns.backoff import Backoff
+from policyengine._patterns.retry import DEFAULT_MAX_RETRY_AFTER, RetryStrategy
 from policyengine.testing import FakeClock
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

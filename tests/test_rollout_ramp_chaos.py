@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import policyengine
-from policyengine._chaos import Chaos, ChaosOptions, make_chaos
-from policyengine._cli import main
-from policyengine._loader import load_text
-from policyengine._ramp import Ramp, RampOptions, make_ramp
+from policyengine._commands.cli import main
+from policyengine._config.loader import load_text
+from policyengine._rollout.chaos import Chaos, ChaosOptions, make_chaos
+from policyengine._rollout.ramp import Ramp, RampOptions, make_ramp
 from policyengine.testing import FakeClock
 
 
@@ -247,7 +247,7 @@ latency = { rate = 0.1, delay = "500ms" }
 
 
 async def test_a_reload_that_keeps_the_drill_keeps_its_end(tmp_path: Path) -> None:
-    from policyengine._drill import drill_of
+    from policyengine._rollout.drill import drill_of
 
     clock = FakeClock()
     engine = policyengine.loads(DRILLED, clock=clock, default=False)

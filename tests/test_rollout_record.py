@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import policyengine
-from policyengine._loader import load_text
-from policyengine._record import RecordOptions, TraceWriter
-from policyengine._recorder import Recorder, Recording
-from policyengine._trace import TraceError, read_trace
+from policyengine._config.loader import load_text
+from policyengine._rollout.record import RecordOptions, TraceWriter
+from policyengine._rollout.recorder import Recorder, Recording
+from policyengine._rollout.trace import TraceError, read_trace
 from policyengine.testing import FakeClock
 
 
@@ -189,7 +189,7 @@ def test_a_forked_child_writes_its_own_lines(tmp_path: Path) -> None:
 
     if not hasattr(os, "fork"):
         pytest.skip("no os.fork on this platform")
-    from forking import run_in_child
+    from tests.helpers.forking import run_in_child
 
     engine = policyengine.loads("[policies.g]\n", default=False)
     engine.record(tmp_path / "t.jsonl")

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from rollout_live import run_live, run_wired
 
-from policyengine._cli import main
-from policyengine._cli_rollout import parse_conditions
-from policyengine._loader import load_text
-from policyengine._simulate import replay
-from policyengine._trace import Attempt, group_calls, read_trace
+from policyengine._commands.cli import main
+from policyengine._commands.cli_rollout import parse_conditions
+from policyengine._config.loader import load_text
+from policyengine._rollout.simulate import replay
+from policyengine._rollout.trace import Attempt, group_calls, read_trace
+from tests.helpers.rollout_live import run_live, run_wired
 
 LIVE = """
 [policies.svc.timeout]

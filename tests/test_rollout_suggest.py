@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from policyengine._cli import main
-from policyengine._loader import load_text
-from policyengine._suggest import suggest
-from policyengine._trace import Attempt
+from policyengine._commands.cli import main
+from policyengine._config.loader import load_text
+from policyengine._rollout.suggest import suggest
+from policyengine._rollout.trace import Attempt
 
 MU, SIGMA = math.log(0.05), 0.5  # log-normal latency: median 50 ms
 Z = {0.5: 0.0, 0.95: 1.6448536, 0.999: 3.0902323}

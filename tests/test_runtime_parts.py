@@ -11,8 +11,9 @@ import threading
 import pytest
 
 from policyengine import BulkheadFullError, Event
-from policyengine._bulkhead import Bulkhead
-from policyengine._events import (
+from policyengine._patterns.bulkhead import Bulkhead
+from policyengine._runtime.timeout import Deadline, DeadlineQueue
+from policyengine._telemetry.events import (
     EVENT_NAMES,
     Listeners,
     Rejected,
@@ -20,7 +21,6 @@ from policyengine._events import (
     TimedOut,
     log_listener,
 )
-from policyengine._timeout import Deadline, DeadlineQueue
 
 # -- bulkhead --------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from policyengine._schema import SCHEMA_PATH, build_schema, check_schema, render_schema
+from policyengine._commands.schema import SCHEMA_PATH, build_schema, check_schema, render_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED_IN = ROOT / SCHEMA_PATH

@@ -16,16 +16,15 @@ from typing import Any
 import pytest
 
 from policyengine import RateLimitedError
-from policyengine._admission_models import RateLimitOptions
-from policyengine._clock import MonotonicClock
+from policyengine._config.admission_models import RateLimitOptions
+from policyengine._runtime.clock import MonotonicClock
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-from limiter_workers import hammer  # noqa: E402
-from polling import wait_until  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
-
 from policyengine._shared._limiter import LimiterStore, SharedRateLimiter  # noqa: E402
 from policyengine._shared._limiter_script import budget_keys, procs_key  # noqa: E402
+from tests.helpers.limiter_workers import hammer  # noqa: E402
+from tests.helpers.polling import wait_until  # noqa: E402
+from tests.helpers.redis_server import RedisServer  # noqa: E402
 
 pytestmark = pytest.mark.redis
 
@@ -217,7 +216,7 @@ scope = "shared"
 
 
 def test_a_forked_child_leases_slots_of_its_own(server: RedisServer) -> None:
-    from forking import run_in_child
+    from tests.helpers.forking import run_in_child
 
     lim = _limiter(server, prefix(), rates=["200/s"])
     try:

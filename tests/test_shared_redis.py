@@ -21,11 +21,11 @@ import pytest
 
 import policyengine
 from policyengine import CircuitOpenError, Engine
-from policyengine._loader import load_text
+from policyengine._config.loader import load_text
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed: pip install '.[redis]'")
-from polling import wait_until  # noqa: E402
-from redis_server import RedisServer, policies, probe_worker, trip_worker  # noqa: E402
+from tests.helpers.polling import wait_until  # noqa: E402
+from tests.helpers.redis_server import RedisServer, policies, probe_worker, trip_worker  # noqa: E402
 
 pytestmark = pytest.mark.redis
 
@@ -153,7 +153,7 @@ def test_store_down_at_construction_falls_back_to_the_local_breaker(
 
 
 def test_only_shared_breakers_use_the_store() -> None:
-    from policyengine._breaker import Breaker
+    from policyengine._patterns.breaker import Breaker
     from policyengine._shared._shared_breaker import SharedBreaker
 
     text = policies("redis://127.0.0.1:1/0", prefix(), "").replace("shared = true", "")
@@ -695,7 +695,7 @@ def test_memory_to_redis_by_a_reload_shares_the_breaker(
 def test_redis_to_memory_makes_shared_breakers_local_and_closes_the_old_backend(
     server: RedisServer, files: Callable[[str, str], Engine]
 ) -> None:
-    from policyengine._breaker import Breaker
+    from policyengine._patterns.breaker import Breaker
 
     p = prefix()
     text = policies(server.url, p, "consecutive_failures = 2")
@@ -867,7 +867,7 @@ def test_a_call_in_flight_across_the_swap_finishes_once(server: RedisServer, eng
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 def test_a_backend_replaced_at_runtime_is_restarted_after_fork(server: RedisServer) -> None:
-    from forking import run_in_child
+    from tests.helpers.forking import run_in_child
 
     p = prefix()
     rule = 'consecutive_failures = 1\nopen_duration = "1h"'

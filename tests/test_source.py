@@ -9,9 +9,15 @@ import pytest
 
 import policyengine
 from policyengine import Engine
-from policyengine._loader import load_path, load_text
-from policyengine._source import DEFAULT_FILE, FileSource, FixedSource, TextSource, default_path
-from policyengine._staging import state_issue
+from policyengine._config.loader import load_path, load_text
+from policyengine._config.source import (
+    DEFAULT_FILE,
+    FileSource,
+    FixedSource,
+    TextSource,
+    default_path,
+)
+from policyengine._registry.staging import state_issue
 
 POLICY = '[policies.api.timeout]\nattempt = "1s"\n'
 

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 import policyengine
-from policyengine._cli import main
-from policyengine._loader import load_path, load_text
-from policyengine._starter import starter
+from policyengine._commands.cli import main
+from policyengine._commands.starter import starter
+from policyengine._config.loader import load_path, load_text
 from policyengine.httpx import GuardedTransport
 from policyengine.testing import FakeClock
 
@@ -100,7 +100,7 @@ def test_init_writes_the_httpx_starter_when_httpx_is_installed_or_asked_for(
     plain = (tmp_path / "plain.toml").read_text()
     assert 'retry_on = ["ConnectionError", "TimeoutError"]' in plain
     assert '# with httpx, also: "httpx.NetworkError"' in plain
-    monkeypatch.setattr("policyengine._cli.has_httpx", lambda: False)
+    monkeypatch.setattr("policyengine._commands.cli.has_httpx", lambda: False)
     assert main(["init", "nohttpx.toml"]) == 0
     assert (tmp_path / "nohttpx.toml").read_text() == plain.replace("plain.toml", "nohttpx.toml")
     capsys.readouterr()

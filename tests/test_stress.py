@@ -21,7 +21,7 @@ import pytest
 
 import policyengine
 from policyengine import Engine
-from policyengine._metrics import REJECTION_REASONS
+from policyengine._telemetry.metrics import REJECTION_REASONS
 from policyengine.exceptions import BulkheadFullError, CircuitOpenError
 from policyengine.testing import FakeClock
 
@@ -335,7 +335,7 @@ async def test_resizes_during_a_storm_leak_no_permit(make_engine: MakeEngine) ->
         await asyncio.sleep(0)
         limit = rng.randint(1, 30)
         limits.append(limit)
-        engine.apply(policyengine._loader.load_text(bulkhead_policy(limit, 300)))
+        engine.apply(policyengine._config.loader.load_text(bulkhead_policy(limit, 300)))
         assert handle.current().bulkhead is bulkhead
         await asyncio.sleep(0)
         for t in rng.sample(tasks, min(len(tasks), rng.randint(0, 20))):

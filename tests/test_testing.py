@@ -122,7 +122,7 @@ def test_isolated_is_a_plain_engine_reading_an_adjusted_source(app_dir: Path) ->
     """No subclass of Engine: the test adjustments travel in the source the engine reads at
     construction and on every reload."""
     from policyengine import Engine
-    from policyengine._source import AdjustedSource
+    from policyengine._config.source import AdjustedSource
 
     with isolated(attempts=1) as engine:
         assert type(engine) is Engine

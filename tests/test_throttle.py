@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from policyengine import ThrottledError
-from policyengine._admission_models import ThrottleOptions
-from policyengine._events import Event
-from policyengine._layer import Outcome
-from policyengine._throttle import Throttle, accepted
+from policyengine._config.admission_models import ThrottleOptions
+from policyengine._patterns.throttle import Throttle, accepted
+from policyengine._runtime.layer import Outcome
+from policyengine._telemetry.events import Event
 
 T0 = 1000.0
 

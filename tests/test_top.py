@@ -10,14 +10,15 @@ import pytest
 pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install '.[dev]'")
 pytest.importorskip("starlette", reason="starlette is not installed: pip install '.[dev]'")
 
-from asgi_servers import Downstream, serve
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 import policyengine
-from policyengine import Engine, _cli
-from policyengine._top import RemoteSampler
+from policyengine import Engine
+from policyengine._commands import cli as _cli
+from policyengine._commands.top import RemoteSampler
 from policyengine.asgi import status_app
+from tests.helpers.asgi_servers import Downstream, serve
 
 POLICIES = """
 schema_version = 1
@@ -114,8 +115,8 @@ def test_the_live_view_titles_itself_and_shows_no_story_phase(service: tuple[Eng
     rich = pytest.importorskip("rich", reason="rich is not installed: pip install '.[demo]'")
     import io
 
+    from policyengine._commands.top import _frame
     from policyengine._demo._live import LiveView
-    from policyengine._top import _frame
 
     engine, url = service
     asyncio.run(trip(engine))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policyengine._units import (
+from policyengine._config.units import (
     DURATION_PATTERN,
     TYPICAL,
     format_duration,

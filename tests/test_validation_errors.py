@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from policyengine._loader import load_path, load_text
+from policyengine._config.loader import load_path, load_text
 from policyengine.exceptions import PolicyValidationError
 
 Problem = tuple[str, int | None, str]
@@ -219,7 +219,7 @@ def test_misspelt_builtin_and_attribute() -> None:
     found = problems(
         """
         [policies.p.breaker]
-        ignore = ["TimeoutErorr", "policyengine.demo_errors.CardDecline"]
+        ignore = ["TimeoutErorr", "policyengine._demo.errors.CardDecline"]
         """
     )
     assert [(p, line) for p, line, _ in found] == [
@@ -325,14 +325,14 @@ def test_fallback_needs_value_or_handler_and_a_callable_handler() -> None:
         "fallback needs `value` (any TOML value) or `handler`",
     )
     assert only(
-        '[policies.p.fallback]\nvalue = 1\nhandler = "policyengine.demo_errors:cached_quote"\n'
+        '[policies.p.fallback]\nvalue = 1\nhandler = "policyengine._demo.errors:cached_quote"\n'
     ) == (
         "policies.p.fallback.handler",
         3,
         "fallback takes `value` or `handler`, not both",
     )
     path, line, message = only(
-        '[policies.p]\nfallback = { handler = "policyengine.demo_errors:nope" }\n'
+        '[policies.p]\nfallback = { handler = "policyengine._demo.errors:nope" }\n'
     )
     assert (path, line) == ("policies.p.fallback.handler", 2)
     assert "has no attribute 'nope'" in message

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polling import LoopThread, run_on, wait_until
 
 import policyengine
 from policyengine import Engine, Event
-from policyengine._loader import load_text
-from policyengine._watcher import Watcher
+from policyengine._config.loader import load_text
+from policyengine._registry.watcher import Watcher
+from tests.helpers.polling import LoopThread, run_on, wait_until
 
 TIMEOUT = 5.0
 

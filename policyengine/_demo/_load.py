@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from .._handle import GuardHandle
+from .._registry.handle import GuardHandle
 
 __all__ = ["LoadGenerator"]
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._default import load
-from .._engine import Engine
-from .._events import log_listener
+from .._registry.default import load
+from .._registry.engine import Engine
+from .._telemetry.events import log_listener
 from ._load import LoadGenerator
 from ._service import FlakyService
 from ._stats import Notice, Sampler
@@ -37,7 +37,7 @@ class Options:
 
 def open_engine(path: Path) -> tuple[Engine, bool]:
     """Load with watching on; (engine, True) if the watcher is missing and we must poll."""
-    if importlib.util.find_spec("policyengine._watcher") is None:
+    if importlib.util.find_spec("policyengine._registry.watcher") is None:
         return load(path, watch=False, default=False), True
     return load(path, watch=True, default=False), False
 

@@ -2,7 +2,7 @@
 
 The server answers `GET /<endpoint>` after a latency, with 200 or 503, or never (a hang, which
 only the caller's attempt timeout ends), as the story's current phase says. The client raises
-`policyengine.demo_errors.ServiceUnavailable` for a 503 and `ConnectionError` for a broken
+`policyengine._demo.errors.ServiceUnavailable` for a 503 and `ConnectionError` for a broken
 connection, like a real HTTP client would.
 """
 
@@ -13,8 +13,8 @@ import contextlib
 import random
 from collections.abc import Callable
 
-from ..demo_errors import HTTPError, ServiceUnavailable
 from ._story import Conditions
+from .errors import HTTPError, ServiceUnavailable
 
 __all__ = ["FlakyService"]
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._engine import Engine
-from .._events import Event
+from .._registry.engine import Engine
+from .._telemetry.events import Event
 
 __all__ = ["Notice", "Row", "RowBuilder", "Sampler"]
 
@@ -80,7 +80,8 @@ def _buckets(snapshot: Mapping[str, Any]) -> list[tuple[float, int]]:
 class RowBuilder:
     """Turns successive metrics snapshots of named guards into rows: rates over the last
     second, latency bounds over the last few, a failure history. The demo feeds it from its
-    engine (`Sampler`), ``policyengine top`` from a service's ``/status`` (`policyengine._top`).
+    engine (`Sampler`), ``policyengine top`` from a service's ``/status``
+    (`policyengine._commands.top`).
 
     A snapshot is what ``Guard.snapshot()`` gives (``/status`` lists the same per guard).
     """

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._clock import Clock
-from .._events import Event
-from .._models import StateOptions
+from .._config.models import StateOptions
+from .._runtime.clock import Clock
+from .._telemetry.events import Event
 
 if TYPE_CHECKING:
     from ._backend import RedisBackend

@@ -30,11 +30,11 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .._breaker import Breaker
-from .._clock import Clock
-from .._events import Event
-from .._fork import abandon
-from .._models import Policy, StateOptions
+from .._config.models import Policy, StateOptions
+from .._patterns.breaker import Breaker
+from .._registry.fork import abandon
+from .._runtime.clock import Clock
+from .._telemetry.events import Event
 from ._address import parse_url
 from ._fleet import Fleet, QuorumBreaker, QuorumStore
 from ._link import Link

@@ -29,11 +29,11 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._breaker import Breaker, State
-from .._clock import Clock
-from .._events import Event
-from .._models import BreakerOptions
-from .._outcomes import LocalStore
+from .._config.models import BreakerOptions
+from .._patterns.breaker import Breaker, State
+from .._patterns.outcomes import LocalStore
+from .._runtime.clock import Clock
+from .._telemetry.events import Event
 from ._fleet_lua import FLEET_LUA, FLEET_SHA
 from ._scripts import breaker_key, wire_name
 

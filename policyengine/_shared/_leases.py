@@ -16,8 +16,8 @@ import concurrent.futures
 import threading
 from typing import TYPE_CHECKING
 
-from .._breaker import State
-from .._outcomes import DECIDE_AGAIN
+from .._patterns.breaker import State
+from .._patterns.outcomes import DECIDE_AGAIN
 
 if TYPE_CHECKING:
     from ._store import RedisStore

@@ -2,9 +2,9 @@
 
 How a call is admitted without a round trip: a background thread (`LimiterStore`, one per
 engine, redis-py's synchronous client) reserves start times ("slots") in Redis ahead of demand,
-with the script of `_limiter_script` (the rules of `_ratelimit`, applied to the fleet), and hands
-them to each limiter's lease. `admit` takes the next leased slot (a slot up to `max_wait` ahead is
-a reserved wait); nothing on the caller's thread or event loop ever touches the network.
+with the script of `_limiter_script` (the rules of `_patterns.ratelimit`, applied to the fleet), and
+hands them to each limiter's lease. `admit` takes the next leased slot (a slot up to `max_wait`
+ahead is a reserved wait); nothing on the caller's thread or event loop ever touches the network.
 
 - Leasing: each budget (a policy, or a policy's key) keeps about `AHEAD` seconds of its recent
   demand leased, at most its fair share (the first rate over the live process count) per fetch;
@@ -26,12 +26,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .._admission_models import RateLimitOptions
-from .._clock import Clock
-from .._events import Event
-from .._layer import Outcome
-from .._matchers import status_of
-from .._ratelimit import PAUSE_STATUSES, RateLimiter, retry_after_hint
+from .._config.admission_models import RateLimitOptions
+from .._config.matchers import status_of
+from .._patterns.ratelimit import PAUSE_STATUSES, RateLimiter, retry_after_hint
+from .._runtime.clock import Clock
+from .._runtime.layer import Outcome
+from .._telemetry.events import Event
 from ..exceptions import RateLimitedError
 from ._limiter_script import budget_keys
 from ._limiter_store import LimiterStore

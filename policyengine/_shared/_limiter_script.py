@@ -1,8 +1,8 @@
 """The Lua script behind a fleet-wide rate limit, and the keys it touches.
 
 One atomic call reserves up to ``n`` start times ("slots") for one budget, with the very rules of
-the per-process limiter (`_ratelimit`): the first rate's steady flow with its burst (GCRA), each
-windowed rate's log of recent starts (a Redis list, newest first, trimmed to N), FIFO, and a
+the per-process limiter (`_patterns.ratelimit`): the first rate's steady flow with its burst (GCRA),
+each windowed rate's log of recent starts (a Redis list, newest first, trimmed to N), FIFO, and a
 pause. Slots lie between the server's ``TIME`` and ``now + horizon``; the process that asked
 uses them at those times (so the rates hold across the fleet, not just per process). ``horizon
 = -1`` charges ``n`` slots whatever their time (attempts admitted while no slot was leased).

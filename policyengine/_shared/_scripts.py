@@ -34,7 +34,7 @@ import hashlib
 import math
 from urllib.parse import quote
 
-from .._models import BreakerOptions
+from .._config.models import BreakerOptions
 
 __all__ = ["LUA", "LUA_SHA", "NEUTRAL_ARGS", "Arg", "breaker_key", "config_args", "wire_name"]
 

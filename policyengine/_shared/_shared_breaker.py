@@ -1,7 +1,7 @@
 """A breaker whose state lives in Redis: the plain state machine with a `RedisStore`.
 
-Nothing of the machine is overridden: the store's hooks (`_outcomes.OutcomeStore`) batch the
-closed outcomes, ask for probe leases and follow the state Redis returns (see `_store`). This
+Nothing of the machine is overridden: the store's hooks (`_patterns.outcomes.OutcomeStore`) batch
+the closed outcomes, ask for probe leases and follow the state Redis returns (see `_store`). This
 class only wires the two together, so that ``isinstance(b, SharedBreaker)`` says "shared".
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._breaker import Breaker
-from .._clock import Clock
-from .._events import Event
-from .._models import BreakerOptions
-from .._outcomes import LocalCounts
+from .._config.models import BreakerOptions
+from .._patterns.breaker import Breaker
+from .._patterns.outcomes import LocalCounts
+from .._runtime.clock import Clock
+from .._telemetry.events import Event
 from ._store import RedisStore
 
 if TYPE_CHECKING:

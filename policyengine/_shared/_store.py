@@ -1,6 +1,6 @@
 """The Redis outcome store of a shared breaker: batching, probe leases, and following Redis.
 
-A shared breaker is the plain state machine (`_breaker.Breaker`) with this store:
+A shared breaker is the plain state machine (`_patterns.breaker.Breaker`) with this store:
 
 - shared mode (``remote``): closed outcomes bump a few counters (the batch the backend reports,
   judged in Redis on the whole fleet's counts) and the local counts. When the local counts alone
@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from .._breaker import Breaker, State
-from .._models import BreakerOptions
-from .._outcomes import LocalCounts
+from .._config.models import BreakerOptions
+from .._patterns.breaker import Breaker, State
+from .._patterns.outcomes import LocalCounts
 from ._leases import ProbeLeases
 from ._scripts import LUA, LUA_SHA, Arg, breaker_key, config_args, wire_name
 from ._wire import Reply

@@ -1,0 +1,1 @@
+"""The command line (`policyengine ...`): validate, schema, explain, init and the rest."""

@@ -1,0 +1,1 @@
+"""Policy files to validated data: models, units, matchers, the loader, diagnostics."""

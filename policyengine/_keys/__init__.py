@@ -1,0 +1,1 @@
+"""Keyed guards: a breaker (and bulkhead) per key, bounded, with an ejection cap."""

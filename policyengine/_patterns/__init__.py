@@ -1,0 +1,2 @@
+"""Each pattern's runtime: breaker, retry, bulkhead, fallback, rate limit, throttle, hedge,
+adaptive limits."""

@@ -1,0 +1,1 @@
+"""The registry of guards: compile, swap, handles, the default engine, reload, fork."""

@@ -1,0 +1,1 @@
+"""Safe policy changes: recording, replay, suggestions, enforcement ramps, chaos drills."""

@@ -1,0 +1,1 @@
+"""The guarded call: the guard, the attempt lifecycle, its drivers, timeouts, the clock."""

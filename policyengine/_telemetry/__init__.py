@@ -1,0 +1,1 @@
+"""What guards tell: events and listeners, counters, the typed snapshot."""

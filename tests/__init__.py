@@ -1,0 +1,1 @@
+"""The test suite (a package, so its helpers import by name: `tests.helpers.redis_server`)."""
