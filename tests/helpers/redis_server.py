@@ -99,14 +99,18 @@ class RedisServer:
         self.start()
 
 
-def policies(url: str, prefix: str, breaker: str, *, on_error: str = "local") -> str:
-    """A policy file with one shared breaker `svc` (the `breaker` lines are its settings)."""
+def policies(
+    url: str, prefix: str, breaker: str, *, on_error: str = "local", timeout: str = "50ms"
+) -> str:
+    """A policy file with one shared breaker `svc` (the `breaker` lines are its settings). The
+    store `timeout` is short by default (tests of a hung store wait for it); tests that count
+    store errors on a loaded machine pass a generous one."""
     return f"""
 [state]
 backend = "redis"
 url = "{url}"
 prefix = "{prefix}"
-timeout = "50ms"
+timeout = "{timeout}"
 on_error = "{on_error}"
 
 [policies.svc.breaker]
